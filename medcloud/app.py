@@ -1,0 +1,90 @@
+"""``create_app(settings)``: the one place that wires medcloud together."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from medcloud import __version__
+from medcloud.config import Settings
+from medcloud.fhir import http as fhir_http
+from medcloud.fhir.context import FhirContext
+from medcloud.fhir.indexing import Indexer
+from medcloud.fhir.operations import load_all
+from medcloud.fhir.paging import CursorCodec
+from medcloud.security.audit import AuditTrail
+from medcloud.security.guard import AllowAll, Guard
+from medcloud.storage.migrate import upgrade
+from medcloud.storage.sql.database import Database
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    fhir: FhirContext
+    audit: AuditTrail
+
+    def close(self) -> None:
+        self.audit.close()
+        self.db.dispose()
+
+
+def build_services(settings: Settings, *, migrate: bool = True) -> Services:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = Database.connect(settings.db_url, pool_size=settings.db_pool_size)
+    if migrate:
+        upgrade(db)
+    load_all()
+    audit = AuditTrail(db)
+    ctx = FhirContext(
+        settings=settings,
+        db=db,
+        indexer=Indexer(),
+        guard=Guard(AllowAll(), audit),
+        cursors=CursorCodec(db, settings.cursor_ttl),
+    )
+    return Services(settings, db, ctx, audit)
+
+
+def create_app(settings: Settings, services: Services | None = None) -> Starlette:
+    svc = services or build_services(settings)
+
+    async def root(request: Request) -> JSONResponse:
+        return JSONResponse({"name": "medcloud", "version": __version__, "fhir": str(request.url_for("fhir_base"))})
+
+    async def health(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        if services is None:
+            svc.close()
+
+    fhir_routes = fhir_http.routes(svc.fhir)
+    fhir_routes[0].name = "fhir_base"
+    app = Starlette(
+        routes=[Route("/", root), Route("/healthz", health), *fhir_routes],
+        lifespan=lifespan,
+    )
+    app.state.services = svc
+    return app
+
+
+SETTINGS_ENV = "MEDCLOUD__SETTINGS_JSON"
+
+
+def create_app_from_env() -> Starlette:
+    """uvicorn factory for ``--workers N``: each worker rebuilds the settings the CLI resolved."""
+    import os
+
+    raw = os.environ.get(SETTINGS_ENV)
+    settings = Settings.model_validate_json(raw) if raw else Settings()
+    return create_app(settings)

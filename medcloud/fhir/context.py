@@ -1,0 +1,38 @@
+"""Everything an interaction needs, wired once by ``app.create_app`` and passed down."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from medcloud.config import Settings
+from medcloud.storage.resources import ResourceStore
+from medcloud.storage.sql.database import Database
+
+if TYPE_CHECKING:
+    from medcloud.fhir.indexing import Indexer
+    from medcloud.fhir.paging import CursorCodec
+    from medcloud.security.guard import Guard
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def _new_id() -> str:
+    return str(uuid.uuid4())
+
+
+@dataclass
+class FhirContext:
+    settings: Settings
+    db: Database
+    indexer: Indexer
+    guard: Guard
+    cursors: CursorCodec
+    store: ResourceStore = field(default_factory=ResourceStore)
+    clock: Callable[[], int] = _now_us  # microseconds since the epoch, UTC
+    new_id: Callable[[], str] = _new_id

@@ -1,0 +1,1 @@
+"""One module per FHIR RESTful interaction (http.html)."""

@@ -1,0 +1,56 @@
+"""FHIR operations ($name), one module each, registered by name and level."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
+
+    from medcloud.fhir.context import FhirContext
+    from medcloud.fhir.exchange import FhirRequest, FhirResponse
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where an operation was invoked: system (no type), type, or instance (type and id)."""
+
+    rtype: str | None = None
+    rid_id: str | None = None
+
+
+Handler = Callable[["FhirContext", "Connection", "FhirRequest", Target], "FhirResponse"]
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    name: str  # without the $
+    handler: Handler
+    system: bool = False
+    types: tuple[str, ...] | None = None  # types allowed at type level; None = all, () = none
+    instance_types: tuple[str, ...] | None = None  # types allowed at instance level; None = all, () = none
+    writes: bool = False  # needs a write transaction
+    methods: tuple[str, ...] = ("GET", "POST")
+    # True: the handler manages its own transactions (long-running, e.g. $export kick-off).
+    own_transaction: bool = False
+
+
+OPERATIONS: dict[str, Operation] = {}
+
+
+def register(op: Operation) -> Operation:
+    OPERATIONS[op.name] = op
+    return op
+
+
+def load_all() -> dict[str, Operation]:
+    """Import every operation module so each registers itself."""
+    import importlib
+    import pkgutil
+
+    for mod in pkgutil.iter_modules(__path__):
+        if not mod.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{mod.name}")
+    return OPERATIONS

@@ -1,0 +1,1 @@
+"""Storage: SQL schema and dialect seam (SQLite and PostgreSQL share one code path), blobs."""

@@ -1,0 +1,60 @@
+"""The few places where SQLite and PostgreSQL differ, answered by one small object each.
+
+Everything else (every query builder in medcloud) is shared SQLAlchemy Core.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from sqlalchemy import Connection, Table, text
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql import Insert
+
+
+class Dialect(Protocol):
+    name: str
+
+    def insert_ignore(self, table: Table) -> Insert: ...
+
+    def upsert(self, table: Table, keys: list[str], update: list[str]) -> Any: ...
+
+    def lock_key(self, conn: Connection, key: str) -> None:
+        """Serialise writers that contend for ``key`` until the transaction ends."""
+
+
+class SQLiteDialect:
+    name = "sqlite"
+
+    def insert_ignore(self, table: Table) -> Insert:
+        return sqlite.insert(table).on_conflict_do_nothing()
+
+    def upsert(self, table: Table, keys: list[str], update: list[str]) -> Any:
+        stmt = sqlite.insert(table)
+        return stmt.on_conflict_do_update(index_elements=keys, set_={c: stmt.excluded[c] for c in update})
+
+    def lock_key(self, conn: Connection, key: str) -> None:
+        # Write transactions start with BEGIN IMMEDIATE, so SQLite already has one writer at a time.
+        return None
+
+
+class PostgresDialect:
+    name = "postgresql"
+
+    def insert_ignore(self, table: Table) -> Insert:
+        return postgresql.insert(table).on_conflict_do_nothing()
+
+    def upsert(self, table: Table, keys: list[str], update: list[str]) -> Any:
+        stmt = postgresql.insert(table)
+        return stmt.on_conflict_do_update(index_elements=keys, set_={c: stmt.excluded[c] for c in update})
+
+    def lock_key(self, conn: Connection, key: str) -> None:
+        conn.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": key})
+
+
+def dialect_for(name: str) -> Dialect:
+    if name == "sqlite":
+        return SQLiteDialect()
+    if name == "postgresql":
+        return PostgresDialect()
+    raise ValueError(f"unsupported database dialect {name!r} (use SQLite or PostgreSQL)")

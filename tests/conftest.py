@@ -1,0 +1,94 @@
+"""Shared fixtures. ``backend`` runs a test on SQLite and on PostgreSQL (real server, no mocks).
+
+PostgreSQL: MEDCLOUD_TEST_PG (default postgresql://postgres@127.0.0.1:5432/postgres) is the admin
+connection; each test session (each xdist worker) creates its own database and drops it after.
+With CI=true an unreachable PostgreSQL fails the run instead of skipping.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from medcloud.app import Services, build_services, create_app
+from medcloud.config import Settings
+from medcloud.storage.schema import metadata
+
+PG_ADMIN = os.environ.get("MEDCLOUD_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _pg_available() -> str | None:
+    try:
+        eng = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+        with eng.connect() as c:
+            c.execute(text("SELECT 1"))
+        eng.dispose()
+        return None
+    except Exception as e:  # noqa: BLE001 - reported as the skip/fail reason
+        return str(e).splitlines()[0]
+
+
+@pytest.fixture(scope="session")
+def pg_url(worker_id: str) -> Iterator[str]:
+    problem = _pg_available()
+    if problem:
+        if IN_CI:
+            pytest.fail(f"PostgreSQL is required in CI but not reachable: {problem}")
+        pytest.skip(f"PostgreSQL not reachable: {problem}")
+    name = f"medcloud_test_{worker_id}_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    url = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+    yield url
+    with admin.connect() as c:
+        c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def worker_id(request: pytest.FixtureRequest) -> str:
+    wi = getattr(request.config, "workerinput", None)
+    return wi["workerid"] if wi else "main"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database URL, empty of data: SQLite in tmp_path, or the session's PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'medcloud.db'}"
+    url: str = request.getfixturevalue("pg_url")
+    eng = create_engine(url)
+    metadata.create_all(eng)
+    with eng.begin() as c:
+        names = ", ".join(f'"{t.name}"' for t in metadata.sorted_tables)
+        c.execute(text(f"TRUNCATE {names} RESTART IDENTITY"))
+    eng.dispose()
+    return url
+
+
+@pytest.fixture
+def settings(backend: str, tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "data", db=backend)
+
+
+@pytest.fixture
+def services(settings: Settings) -> Iterator[Services]:
+    svc = build_services(settings)
+    yield svc
+    svc.close()
+
+
+@pytest.fixture
+def client(settings: Settings, services: Services):
+    from starlette.testclient import TestClient
+
+    app = create_app(settings, services)
+    with TestClient(app, base_url="http://testserver") as c:
+        yield c
