@@ -92,3 +92,61 @@ def client(settings: Settings, services: Services):
     app = create_app(settings, services)
     with TestClient(app, base_url="http://testserver") as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def synthea_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Synthea transaction Bundles for 2 patients (seeded, fixed reference date), generated once per run.
+
+    Shared by all xdist workers through a lock file next to their temp dirs. Returns the folder
+    holding the ``*.json`` Bundles.
+    """
+    return synthea(tmp_path_factory, patients=2, seed=11)
+
+
+def synthea(tmp_path_factory: pytest.TempPathFactory, *, patients: int, seed: int) -> Path:
+    import fcntl
+    import shutil
+    import subprocess
+    import sys
+
+    root = tmp_path_factory.getbasetemp().parent / f"synthea-p{patients}-s{seed}"
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with open(str(root) + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = root / "DONE"
+        if not done.exists():
+            shutil.rmtree(root, ignore_errors=True)
+            exe = Path(sys.executable).parent / "synthea"
+            subprocess.run(
+                [str(exe), "-p", str(patients), "-s", str(seed), "-r", "20250101", "-o", str(root)],
+                check=True, capture_output=True, timeout=600,
+            )
+            done.write_text("ok")
+    return root / "fhir"
+
+
+@pytest.fixture
+def live_server(settings: Settings, services: Services) -> Iterator[str]:
+    """A real uvicorn server on a free loopback port (for clients that need sockets); yields the FHIR base."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = create_app(settings, services)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline:
+            raise RuntimeError("live server did not start")
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}/fhir"
+    server.should_exit = True
+    thread.join(timeout=10)

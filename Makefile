@@ -1,0 +1,43 @@
+# medcloud — the front door. Quick start: `make serve`, `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: setup serve test bench lint check fmt clean spec
+
+setup: $(STAMP)
+
+# Re-install only when the dependency list changes; safe to run any number of times.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+serve: setup
+	$(BIN)/medcloud serve
+
+test: setup
+	$(BIN)/python -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
+
+bench: setup
+	$(BIN)/python bench/run.py
+
+lint: setup
+	$(BIN)/ruff check medcloud tests bench tools
+	$(BIN)/mypy medcloud
+
+check: lint test
+
+fmt: setup
+	$(BIN)/ruff format medcloud tests bench tools
+	$(BIN)/ruff check --fix medcloud tests bench tools
+
+# Regenerate medcloud/fhir/_spec from ../shared/spec/fhir-r4.
+spec: setup
+	$(BIN)/python tools/generate_fhir_spec.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
