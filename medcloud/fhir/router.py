@@ -36,6 +36,7 @@ class Route:
     writes: bool
     run: Callable[[FhirContext, Connection, FhirRequest], FhirResponse]
     own_transaction: bool = False
+    single_statement: bool = False  # reads one row: no snapshot transaction needed
 
 
 def resolve(req: FhirRequest) -> Route:
@@ -101,7 +102,8 @@ def resolve(req: FhirRequest) -> Route:
     rid_id = second
     if n == 2:
         if m == "GET":
-            return Route("read", rtype, rid_id, False, lambda c, conn, r: read.read(c, conn, r, rtype, rid_id))
+            return Route("read", rtype, rid_id, False, lambda c, conn, r: read.read(c, conn, r, rtype, rid_id),
+                         single_statement=True)
         if m == "PUT":
             return Route("update", rtype, rid_id, True, lambda c, conn, r: update.update(c, conn, r, rtype, rid_id))
         if m == "PATCH":
@@ -180,6 +182,8 @@ def handle(ctx: FhirContext, req: FhirRequest) -> FhirResponse:
         elif route.writes:
             with ctx.db.write() as conn:
                 resp = route.run(ctx, conn, req)
+        elif route.single_statement:
+            resp = route.run(ctx, None, req)  # type: ignore[arg-type]
         else:
             with ctx.db.read() as conn:
                 resp = route.run(ctx, conn, req)

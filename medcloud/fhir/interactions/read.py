@@ -11,8 +11,9 @@ from medcloud.fhir.resource_meta import etag, http_date, parse_etag, parse_http_
 from medcloud.storage.resources import Stored
 
 
-def read(ctx: FhirContext, conn: Connection, req: FhirRequest, rtype: str, rid_id: str) -> FhirResponse:
-    s = ctx.store.read(conn, rtype, rid_id)
+def read(ctx: FhirContext, conn: Connection | None, req: FhirRequest, rtype: str, rid_id: str) -> FhirResponse:
+    """Read by id; with ``conn`` None (a lone request) it runs as one statement outside a transaction."""
+    s = ctx.store.read(conn, rtype, rid_id) if conn is not None else ctx.store.read_now(ctx.db, rtype, rid_id)
     if s is None:
         raise NotFound(f"{rtype}/{rid_id} is not known")
     ctx.guard.check_read(req.principal, s)
