@@ -165,10 +165,25 @@ def _operation(req: FhirRequest, method: str, name: str, target: Target) -> Rout
 
 
 def dispatch(ctx: FhirContext, conn: Connection, req: FhirRequest) -> FhirResponse:
-    """Run one request on an open transaction (used by batch/transaction for each entry)."""
-    route = resolve(req)
-    ctx.guard.authorize(req.principal, route.interaction, route.rtype)
-    return apply_prefer(req, route.run(ctx, conn, req))
+    """Run one request on an open transaction (used by batch/transaction for each entry).
+
+    Errors propagate to the caller (a transaction fails as a whole); each entry is authorized
+    and audited like a request of its own.
+    """
+    route: Route | None = None
+    status = 500
+    try:
+        route = resolve(req)
+        ctx.guard.authorize(req.principal, route.interaction, route.rtype)
+        resp = apply_prefer(req, route.run(ctx, conn, req))
+        status = resp.status
+        return resp
+    except MedcloudError as e:
+        status = error_response(e).status
+        raise
+    finally:
+        audit(ctx, req, route.interaction if route else "unknown", route.rtype if route else None,
+              route.rid_id if route else None, status)
 
 
 def handle(ctx: FhirContext, req: FhirRequest) -> FhirResponse:
@@ -201,7 +216,9 @@ def handle(ctx: FhirContext, req: FhirRequest) -> FhirResponse:
     except Exception:
         log.exception("unhandled error on %s %s", req.method, req.path)
         resp = error_response(MedcloudError("internal error; see the server log"))
-    _audit(ctx, req, route, resp)
+    if not req.in_bundle:
+        audit(ctx, req, route.interaction if route else "unknown", route.rtype if route else None,
+              route.rid_id if route else None, resp.status)
     return resp
 
 
@@ -224,22 +241,20 @@ def apply_prefer(req: FhirRequest, resp: FhirResponse) -> FhirResponse:
     return resp
 
 
-def _audit(ctx: FhirContext, req: FhirRequest, route: Route | None, resp: FhirResponse) -> None:
-    if req.in_bundle:
-        return
+def audit(ctx: FhirContext, req: FhirRequest, interaction: str, rtype: str | None, rid_id: str | None,
+          status: int) -> None:
+    """Record one AuditEvent-shaped entry for an interaction (a whole request or one Bundle entry)."""
     p = req.principal
-    resource = None
-    if route is not None and route.rtype:
-        resource = f"{route.rtype}/{route.rid_id}" if route.rid_id else route.rtype
+    resource = (f"{rtype}/{rid_id}" if rid_id else rtype) if rtype else None
     ctx.guard.record(
         AuditRecord(
             recorded=ctx.clock(),
-            interaction=route.interaction if route else "unknown",
+            interaction=interaction,
             who=p.subject,
             client_id=p.client_id,
             source_ip=p.source_ip,
             resource=resource,
             patient=p.patient,
-            status=resp.status,
+            status=status,
         )
     )
