@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from starlette.applications import Starlette
@@ -18,6 +19,7 @@ from medcloud.fhir.context import FhirContext
 from medcloud.fhir.indexing import Indexer
 from medcloud.fhir.operations import load_all
 from medcloud.fhir.paging import CursorCodec
+from medcloud.jobs import JobQueue, Worker
 from medcloud.security.audit import AuditTrail
 from medcloud.security.guard import AllowAll, Guard
 from medcloud.storage.migrate import upgrade
@@ -30,6 +32,14 @@ class Services:
     db: Database
     fhir: FhirContext
     audit: AuditTrail
+
+    def job_worker(self) -> Worker:
+        """A worker for the background jobs (Bulk $export); the app runs one, ``medcloud worker`` another."""
+        from medcloud.fhir.operations import export
+
+        worker = Worker(JobQueue(self.db, clock=self.fhir.clock), {export.KIND: export.job_handler(self.fhir)})
+        worker.idle_hooks.append(_every(60.0, lambda: export.purge_expired(self.fhir)))
+        return worker
 
     def close(self) -> None:
         self.audit.close()
@@ -64,9 +74,18 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        yield
-        if services is None:
-            svc.close()
+        from medcloud.fhir.operations import export
+
+        worker = svc.job_worker()
+        worker.start()
+        export.add_waker(worker.wake)
+        try:
+            yield
+        finally:
+            export.remove_waker(worker.wake)
+            worker.stop()
+            if services is None:
+                svc.close()
 
     fhir_routes = fhir_http.routes(svc.fhir)
     fhir_routes[0].name = "fhir_base"
@@ -76,6 +95,18 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
     )
     app.state.services = svc
     return app
+
+
+def _every(seconds: float, fn: Callable[[], object]) -> Callable[[], None]:
+    last = [0.0]
+
+    def hook() -> None:
+        now = time.monotonic()
+        if now - last[0] >= seconds:
+            last[0] = now
+            fn()
+
+    return hook
 
 
 SETTINGS_ENV = "MEDCLOUD__SETTINGS_JSON"

@@ -24,6 +24,8 @@ def capability_statement(ctx: FhirContext, base_url: str) -> dict[str, Any]:
         "software": {"name": "medcloud", "version": __version__},
         "implementation": {"description": "medcloud FHIR R4 server", "url": base_url},
         "fhirVersion": "4.0.1",
+        **({"instantiates": ["http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"]}
+           if "export" in OPERATIONS else {}),
         "format": ["application/fhir+json", "json"],
         "patchFormat": ["application/json-patch+json", "application/fhir+json"],
         "rest": [_rest()],
@@ -39,8 +41,7 @@ def _rest() -> dict[str, Any]:
         "searchParam": [
             {"name": n, "type": t} for n, t in (("_id", "token"), ("_lastUpdated", "date"), ("_type", "token"))
         ],
-        "operation": [{"name": o.name, "definition": f"http://hl7.org/fhir/OperationDefinition/{o.name}"}
-                      for o in ops if o.system],
+        "operation": [{"name": o.name, "definition": o.canonical()} for o in ops if o.system and o.listed],
         "resource": [_resource(t, ops) for t in resource_types()],
     }
 
@@ -67,9 +68,10 @@ def _resource(rtype: str, ops: list[Any]) -> dict[str, Any]:
             if p.expression is not None or c in ("_id", "_lastUpdated")
         ],
         "operation": [
-            {"name": o.name, "definition": f"http://hl7.org/fhir/OperationDefinition/{o.name}"}
+            {"name": o.name, "definition": o.canonical(rtype)}
             for o in ops
-            if (o.types is None or rtype in o.types) or (o.instance_types is None or rtype in o.instance_types)
+            if o.listed
+            and ((o.types is None or rtype in o.types) or (o.instance_types is None or rtype in o.instance_types))
         ],
     }
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from medcloud.errors import Issue, MedcloudError
@@ -63,6 +64,9 @@ class FhirResponse:
     location: str | None = None
     etag: str | None = None
     last_modified: str | None = None
+    # A body other than FHIR JSON: a file streamed from disk (Bulk Data NDJSON) and/or its media type.
+    file: Path | None = None
+    media_type: str | None = None
 
 
 def operation_outcome(issues: list[Issue]) -> dict[str, Any]:

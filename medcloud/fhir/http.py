@@ -13,7 +13,7 @@ from urllib.parse import parse_qsl
 import orjson
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
 from medcloud.errors import (
@@ -32,6 +32,7 @@ JSON_TYPES = ("application/fhir+json", "application/json", "text/json", "applica
 FORMAT_ALIASES = {"json": FHIR_JSON, "application/json": "application/json", "application/fhir+json": FHIR_JSON,
                   "text/json": "application/json"}
 XML_FORMATS = ("xml", "text/xml", "application/xml", "application/fhir+xml")
+NDJSON_TYPES = ("application/fhir+ndjson", "application/ndjson", "ndjson")
 
 
 def routes(ctx: FhirContext, prefix: str = "/fhir") -> list[Route]:
@@ -83,6 +84,8 @@ def _negotiate(request: Request, query: list[tuple[str, str]]) -> str:
         return FHIR_JSON
     wanted = [a.split(";")[0].strip().lower() for a in accept.split(",")]
     for w in wanted:
+        if w in NDJSON_TYPES:  # Bulk Data file downloads; errors are still answered in FHIR JSON
+            return FHIR_JSON
         if w in ("application/fhir+json", "*/*", "application/*", "") or w.startswith("application/fhir+json"):
             return FHIR_JSON
         if w in ("application/json", "text/json", "text/*", "text/html", "text/plain"):
@@ -138,6 +141,10 @@ def _principal(request: Request) -> Principal:
 
 def _render(resp: FhirResponse, media: str, pretty: bool, *, head: bool) -> Response:
     headers = dict(resp.headers)
+    if resp.file is not None:  # streamed from disk in chunks; FileResponse answers HEAD without a body
+        return FileResponse(resp.file, status_code=resp.status, headers=headers, media_type=resp.media_type)
+    if resp.media_type is not None:
+        media = resp.media_type
     if resp.raw is not None:
         body = resp.raw if not pretty else orjson.dumps(orjson.loads(resp.raw), option=orjson.OPT_INDENT_2)
     elif resp.resource is not None:

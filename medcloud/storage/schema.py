@@ -153,6 +153,8 @@ compartments = Table(
     Column("comp_id", String(64), nullable=False),
     Column("type", String(64), nullable=False),  # type of the member resource
     Index("ix_compartments_owner", "comp_type", "comp_id", "type"),
+    # $everything pages a compartment in rid order (keyset): this index serves it without a sort.
+    Index("ix_compartments_owner_rid", "comp_type", "comp_id", "rid"),
     Index("ix_compartments_rid", "rid"),
 )
 

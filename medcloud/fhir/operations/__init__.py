@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -35,6 +35,19 @@ class Operation:
     methods: tuple[str, ...] = ("GET", "POST")
     # True: the handler manages its own transactions (long-running, e.g. $export kick-off).
     own_transaction: bool = False
+    # Canonical URL of the OperationDefinition: one URL, or per level ("*" = system, else the type).
+    # None: the core spec's http://hl7.org/fhir/OperationDefinition/<name>.
+    definition: str | Mapping[str, str] | None = None
+    # False for helper endpoints that are not operations of their own (e.g. $export-poll-status).
+    listed: bool = True
+
+    def canonical(self, rtype: str | None = None) -> str:
+        d = self.definition
+        if d is None:
+            return f"http://hl7.org/fhir/OperationDefinition/{self.name}"
+        if isinstance(d, str):
+            return d
+        return d.get(rtype or "*") or d.get("*") or next(iter(d.values()))
 
 
 OPERATIONS: dict[str, Operation] = {}
