@@ -53,12 +53,14 @@ def build_services(settings: Settings, *, migrate: bool = True) -> Services:
         upgrade(db)
     load_all()
     audit = AuditTrail(db)
+    cursors = CursorCodec(db, settings.cursor_ttl)
+    cursors.signing_key()  # created/loaded outside any request transaction (SQLite: one writer)
     ctx = FhirContext(
         settings=settings,
         db=db,
         indexer=Indexer(),
         guard=Guard(AllowAll(), audit),
-        cursors=CursorCodec(db, settings.cursor_ttl),
+        cursors=cursors,
     )
     return Services(settings, db, ctx, audit)
 
@@ -115,7 +117,13 @@ SETTINGS_ENV = "MEDCLOUD__SETTINGS_JSON"
 def create_app_from_env() -> Starlette:
     """uvicorn factory for ``--workers N``: each worker rebuilds the settings the CLI resolved."""
     import os
+    import threading
+
+    from medcloud.fhir.validation import warm
 
     raw = os.environ.get(SETTINGS_ENV)
     settings = Settings.model_validate_json(raw) if raw else Settings()
+    # A served process compiles the common validators in the background, so the first big
+    # Bundle does not pay seconds of schema compilation.
+    threading.Thread(target=warm, name="medcloud-warm", daemon=True).start()
     return create_app(settings)

@@ -30,7 +30,7 @@ class CursorCodec:
         self._ttl_us = ttl_seconds * 1_000_000
         self._key: bytes | None = None
 
-    def _signing_key(self) -> bytes:
+    def signing_key(self) -> bytes:
         if self._key is None:
             with self._db.write() as conn:
                 conn.execute(self._db.dialect.insert_ignore(server_state).values(key=_KEY_NAME, value=os.urandom(32)))
@@ -39,7 +39,7 @@ class CursorCodec:
 
     def encode(self, state: dict[str, Any], now_us: int) -> str:
         payload = orjson.dumps({"s": state, "exp": now_us + self._ttl_us})
-        sig = hmac.new(self._signing_key(), payload, hashlib.sha256).digest()[:16]
+        sig = hmac.new(self.signing_key(), payload, hashlib.sha256).digest()[:16]
         return base64.urlsafe_b64encode(sig + payload).decode().rstrip("=")
 
     def decode(self, token: str, now_us: int) -> dict[str, Any]:
@@ -48,7 +48,7 @@ class CursorCodec:
         except (ValueError, TypeError) as e:
             raise Invalid("malformed paging cursor") from e
         sig, payload = raw[:16], raw[16:]
-        if len(sig) < 16 or not hmac.compare_digest(sig, hmac.new(self._signing_key(), payload, hashlib.sha256).digest()[:16]):
+        if len(sig) < 16 or not hmac.compare_digest(sig, hmac.new(self.signing_key(), payload, hashlib.sha256).digest()[:16]):
             raise Invalid("malformed paging cursor")
         data = orjson.loads(payload)
         if data["exp"] < now_us:

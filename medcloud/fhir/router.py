@@ -209,8 +209,12 @@ def handle(ctx: FhirContext, req: FhirRequest) -> FhirResponse:
         log.info("write conflict: %s", e)
         resp = error_response(Conflict("a concurrent write changed this resource; retry the request"))
     except OperationalError as e:
-        log.warning("database busy: %s", e)
-        resp = error_response(Busy("the database is busy; retry the request"))
+        if _is_contention(e):
+            log.warning("database busy: %s", e)
+            resp = error_response(Busy("the database is busy; retry the request"))
+        else:
+            log.exception("database error on %s %s", req.method, req.path)
+            resp = error_response(MedcloudError("database error; see the server log"))
     except RecursionError:
         resp = error_response(Invalid("the request is nested too deeply"))
     except Exception:
@@ -220,6 +224,12 @@ def handle(ctx: FhirContext, req: FhirRequest) -> FhirResponse:
         audit(ctx, req, route.interaction if route else "unknown", route.rtype if route else None,
               route.rid_id if route else None, resp.status)
     return resp
+
+
+def _is_contention(e: OperationalError) -> bool:
+    text = str(e.orig if e.orig is not None else e).lower()
+    return any(w in text for w in ("locked", "busy", "deadlock", "could not serialize", "lock timeout",
+                                      "connection", "terminating"))
 
 
 def apply_prefer(req: FhirRequest, resp: FhirResponse) -> FhirResponse:

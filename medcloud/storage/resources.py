@@ -12,13 +12,14 @@ from typing import Any, Protocol
 
 from sqlalchemy import Connection, and_, bindparam, delete, func, insert, select, update
 
-from medcloud.storage.sql.database import Database, Prepared
 from medcloud.storage.schema import (
     INDEX_TABLES,
     compartments,
     resource_history,
     resources,
 )
+from medcloud.storage.sql.database import Database, Prepared
+from medcloud.storage.sql.dialect import Dialect, dialect_for
 
 
 class IndexEntriesLike(Protocol):
@@ -65,6 +66,8 @@ class NewVersion:
     content: bytes | None  # None = delete
     index: IndexEntriesLike | None
 
+
+_HISTORY_INSERT = ("rid", "type", "id", "version", "last_updated", "method", "deleted", "content")
 
 _CURRENT_COLS = (
     resources.c.rid,
@@ -209,19 +212,12 @@ class ResourceStore:
                 upd,
             )
             self.delete_index(conn, [u["b_rid"] for u in upd])
-        conn.execute(
-            insert(resource_history),
+        self._dialect(conn).bulk_insert(
+            conn,
+            resource_history,
+            _HISTORY_INSERT,
             [
-                {
-                    "rid": rids[i],
-                    "type": v.type,
-                    "id": v.id,
-                    "version": v.version,
-                    "last_updated": v.last_updated,
-                    "method": v.method,
-                    "deleted": v.content is None,
-                    "content": v.content,
-                }
+                (rids[i], v.type, v.id, v.version, v.last_updated, v.method, v.content is None, v.content)
                 for i, v in enumerate(versions)
             ],
         )
@@ -243,23 +239,25 @@ class ResourceStore:
         return out
 
     def write_index(self, conn: Connection, items: Sequence[tuple[int, str, IndexEntriesLike]]) -> None:
-        per_table: dict[str, list[dict[str, Any]]] = {name: [] for name in INDEX_TABLES}
-        comp_rows: list[dict[str, Any]] = []
+        per_table: dict[str, list[tuple[Any, ...]]] = {name: [] for name in INDEX_TABLES}
+        comp_rows: list[tuple[Any, ...]] = []
         for rid, rtype, entries in items:
-            for name, cols in _INDEX_COLUMNS.items():
+            for name in _INDEX_COLUMNS:
                 rows = per_table[name]
                 for tup in getattr(entries, name):
-                    row = dict(zip(cols, tup, strict=True))
-                    row["rid"] = rid
-                    row["type"] = rtype
-                    rows.append(row)
+                    rows.append((rid, rtype, *tup))
             for comp_type, comp_id in entries.compartments:
-                comp_rows.append({"rid": rid, "comp_type": comp_type, "comp_id": comp_id, "type": rtype})
+                comp_rows.append((rid, rtype, comp_type, comp_id))
+        dialect = self._dialect(conn)
         for name, rows in per_table.items():
             if rows:
-                conn.execute(insert(INDEX_TABLES[name]), rows)
+                dialect.bulk_insert(conn, INDEX_TABLES[name], ("rid", "type", *_INDEX_COLUMNS[name]), rows)
         if comp_rows:
-            conn.execute(insert(compartments), comp_rows)
+            dialect.bulk_insert(conn, compartments, ("rid", "type", "comp_type", "comp_id"), comp_rows)
+
+    @staticmethod
+    def _dialect(conn: Connection) -> Dialect:
+        return dialect_for(conn.dialect.name)
 
     def delete_index(self, conn: Connection, rids: Sequence[int]) -> None:
         for chunk in _chunks(list(rids), 500):

@@ -5,6 +5,7 @@ Everything else (every query builder in medcloud) is shared SQLAlchemy Core.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from sqlalchemy import Connection, Table, text
@@ -22,6 +23,9 @@ class Dialect(Protocol):
     def lock_key(self, conn: Connection, key: str) -> None:
         """Serialise writers that contend for ``key`` until the transaction ends."""
 
+    def bulk_insert(self, conn: Connection, table: Table, columns: Sequence[str], rows: list[tuple[Any, ...]]) -> None:
+        """Insert many plain tuples as fast as the driver allows (no per-row SQLAlchemy processing)."""
+
 
 class SQLiteDialect:
     name = "sqlite"
@@ -37,6 +41,12 @@ class SQLiteDialect:
         # Write transactions start with BEGIN IMMEDIATE, so SQLite already has one writer at a time.
         return None
 
+    def bulk_insert(self, conn: Connection, table: Table, columns: Sequence[str], rows: list[tuple[Any, ...]]) -> None:
+        # The driver's executemany over one prepared statement: SQLAlchemy's per-row bookkeeping
+        # costs ~30 µs a row, several times the insert itself.
+        sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+        conn.exec_driver_sql(sql, rows)
+
 
 class PostgresDialect:
     name = "postgresql"
@@ -50,6 +60,16 @@ class PostgresDialect:
 
     def lock_key(self, conn: Connection, key: str) -> None:
         conn.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": key})
+
+    def bulk_insert(self, conn: Connection, table: Table, columns: Sequence[str], rows: list[tuple[Any, ...]]) -> None:
+        # COPY ... FROM STDIN inside the current transaction: ~4x cheaper than INSERT batches.
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            with cursor.copy(f"COPY {table.name} ({', '.join(columns)}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+        finally:
+            cursor.close()
 
 
 def dialect_for(name: str) -> Dialect:
