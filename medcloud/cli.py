@@ -41,12 +41,13 @@ def serve(
     import uvicorn
 
     from medcloud.app import SETTINGS_ENV, build_services
-    from medcloud.storage.migrate import upgrade
 
     settings = _settings(data_dir=data_dir, db=db, host=host, port=port, workers=workers)
-    services = build_services(settings, migrate=False)
-    upgrade(services.db)
-    services.close()
+    try:
+        build_services(settings).close()  # migrate once here, before workers start
+    except Exception as e:  # unreachable database, bad URL, failed migration
+        console.print(f"[red]cannot start:[/red] {e}")
+        raise typer.Exit(1) from e
     base = f"http://{settings.host}:{settings.port}/fhir"
     console.print(f"[bold green]medcloud[/bold green] FHIR R4 server at [bold]{base}[/bold]")
     console.print(f"  data: {settings.data_dir.resolve()}  database: {_safe_url(settings.db_url)}")
