@@ -10,6 +10,14 @@ from medcloud.fhir.context import FhirContext
 from medcloud.fhir.definitions import resource_types, search_params
 from medcloud.fhir.operations import OPERATIONS
 
+# What is partial today, said where clients look (docs/fhir.md has the same list).
+LIMITATIONS = (
+    "JSON only (no XML). Not supported: _text, _content, _list, _filter, _query; token modifiers "
+    ":in, :not-in, :above, :below; UCUM conversion in quantity search; compartment search other than "
+    "Patient; $everything start/end; $export _typeFilter and _elements; $validate profile checking. "
+    "No authentication yet: bind to loopback."
+)
+
 INTERACTIONS = ("read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create",
                 "search-type")
 
@@ -37,6 +45,7 @@ def _rest() -> dict[str, Any]:
     ops = sorted(OPERATIONS.values(), key=lambda o: o.name)
     return {
         "mode": "server",
+        "documentation": LIMITATIONS,
         "interaction": [{"code": c} for c in ("transaction", "batch", "search-system", "history-system")],
         "searchParam": [
             {"name": n, "type": t} for n, t in (("_id", "token"), ("_lastUpdated", "date"), ("_type", "token"))
