@@ -1,0 +1,1 @@
+"""View runners. DuckDB is embedded and always available; Spark is an optional engine."""

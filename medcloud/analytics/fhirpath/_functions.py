@@ -1,0 +1,428 @@
+"""FHIRPath functions as DuckDB SQL: the Shareable View Definition subset
+(https://sql-on-fhir.org/ig/StructureDefinition-ShareableViewDefinition.html), the required
+getResourceKey()/getReferenceKey(), the experimental join()/lowBoundary()/highBoundary(), and the
+common FHIRPath N1 functions views reach for (string, math, subsetting, conversion)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from medcloud.analytics.errors import ViewDefinitionError
+from medcloud.analytics.fhirpath import ast
+from medcloud.analytics.fhirpath._sqltext import sql_str
+
+if TYPE_CHECKING:
+    from medcloud.analytics.fhirpath.to_duckdb import Compiler, Scope, Sql
+
+_Impl = Callable[["Compiler", "Sql", tuple[ast.Node, ...], "Scope"], "Sql"]
+_FUNCTIONS: dict[str, tuple[int, int, _Impl]] = {}
+
+
+def _sql(text: str, kind: str, hint: str | None = None) -> Sql:
+    from medcloud.analytics.fhirpath.to_duckdb import Sql
+
+    return Sql(text, kind, hint)  # type: ignore[arg-type]
+
+
+def _fn(name: str, min_args: int = 0, max_args: int = 0) -> Callable[[_Impl], _Impl]:
+    def register(impl: _Impl) -> _Impl:
+        _FUNCTIONS[name] = (min_args, max_args, impl)
+        return impl
+
+    return register
+
+
+def call(c: Compiler, n: ast.Call, s: Scope) -> Sql:
+    from medcloud.analytics.fhirpath.to_duckdb import Sql
+
+    if n.name not in _FUNCTIONS and n.name not in ("ofType", "as", "is"):
+        raise ViewDefinitionError("", f"unsupported FHIRPath function {n.name}()")
+    lo, hi, impl = _FUNCTIONS.get(n.name, (1, 1, _empty))
+    if not lo <= len(n.args) <= hi:
+        expected = str(lo) if lo == hi else f"{lo} to {hi}"
+        raise ViewDefinitionError("", f"{n.name}() takes {expected} argument(s), got {len(n.args)}")
+    if n.name in ("ofType", "as", "is"):
+        type_name = ast.type_name_of(n.args[0])
+        if type_name is None:
+            raise ViewDefinitionError("", f"{n.name}() needs a type name")
+        if n.name == "is":
+            return c.node(ast.TypeOp("is", n.target or ast.Variable("this"), type_name), s)
+        return c.of_type(n.target, type_name, s)
+    if n.target is None and n.name == "getResourceKey":
+        # Invoked "at the root of a FHIR Resource"; inside forEach the focus is an element, but the
+        # key a user wants there is still the resource's.
+        base = Sql(s.resource, "ONE")
+    else:
+        base = s.focus if n.target is None else c.node(n.target, s)
+    return impl(c, base, n.args, s)
+
+
+def _lambda_scope(c: Compiler, s: Scope, var: str, index: str | None = None) -> Scope:
+    from medcloud.analytics.fhirpath.to_duckdb import Scope, Sql
+
+    return Scope(Sql(var, "ONE"), s.resource, s.row_index, s.constants, index, False, s.resource_type)
+
+
+def _criteria(c: Compiler, coll: str, arg: ast.Node, s: Scope) -> tuple[str, str, str]:
+    """(variable, index, SQL boolean) for a criteria argument evaluated per item."""
+    v, i = c.var(), c.var()
+    body = c.node(arg, _lambda_scope(c, s, v, f"CAST({i} - 1 AS BIGINT)"))
+    return v, i, f"coalesce({c.to_bool(body)}, FALSE)"
+
+
+# -- existence and filtering (FHIRPath N1 §5.1, §5.2) ----------------------------------------------
+@_fn("empty")
+def _empty(c: Compiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
+    if base.kind in ("BOOL", "STR", "NUM", "INT", "ONE"):
+        return _sql(f"({c.to_one(base).text} IS NULL)", "BOOL")
+    return _sql(f"(len({base.text}) = 0)", "BOOL")
+
+
+@_fn("exists", 0, 1)
+def _exists(c: Compiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
+    if not args:
+        if base.kind != "COLL":
+            return _sql(f"({c.to_one(base).text} IS NOT NULL)", "BOOL")
+        return _sql(f"(len({base.text}) > 0)", "BOOL")
+    coll = c.to_coll(base)
+    v, i, crit = _criteria(c, coll, args[0], s)
+    return _sql(f"(len(list_filter({coll}, lambda {v}, {i}: {crit})) > 0)", "BOOL")
+
+
+@_fn("all", 1, 1)
+def _all(c: Compiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
+    coll = c.to_coll(base)
+    v, i, crit = _criteria(c, coll, args[0], s)
+    return _sql(f"(len(list_filter({coll}, lambda {v}, {i}: NOT {crit})) = 0)", "BOOL")
+
+
+def _bools(c: Compiler, base: Sql) -> str:
+    v = c.var()
+    return f"list_transform({c.to_coll(base)}, lambda {v}: CAST({v} AS VARCHAR) = 'true')"
+
+
+@_fn("allTrue")
+def _all_true(c: Compiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
+    return _sql(f"coalesce(list_bool_and({_bools(c, base)}), TRUE)", "BOOL")
+
+
+@_fn("anyTrue")
+def _any_true(c: Compiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
+    return _sql(f"coalesce(list_bool_or({_bools(c, base)}), FALSE)", "BOOL")
+
+
+@_fn("allFalse")
+def _all_false(c: Compiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
+    return _sql(f"NOT coalesce(list_bool_or({_bools(c, base)}), FALSE)", "BOOL")
+
+
+@_fn("anyFalse")
+def _any_false(c: Compiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
+    return _sql(f"NOT coalesce(list_bool_and({_bools(c, base)}), TRUE)", "BOOL")
+
+
+@_fn("where", 1, 1)
+def _where(c: Compiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
+    coll = c.to_coll(base)
+    v, i, crit = _criteria(c, coll, args[0], s)
+    return _sql(f"list_filter({coll}, lambda {v}, {i}: {crit})", "COLL", base.fhir_type)
+
+
+@_fn("select", 1, 1)
+def _select(c: Compiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
+    v, i = c.var(), c.var()
+    body = c.node(args[0], _lambda_scope(c, s, v, f"CAST({i} - 1 AS BIGINT)"))
+    return _sql(f"flatten(list_transform({c.to_coll(base)}, lambda {v}, {i}: {c.to_coll(body)}))", "COLL")
+
+
+@_fn("count")
+def _count(c: Compiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
+    return _sql(f"CAST(len({c.to_coll(base)}) AS BIGINT)", "INT")
+
+
+@_fn("distinct")
+def _distinct(c: Compiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
+    v, i = c.var(), c.var()
+    return _sql(
+        c.let(
+            c.to_coll(base),
+            lambda lst: f"list_filter({lst}, lambda {v}, {i}: list_position({lst}, {v}) = {i})",
+        ),
+        "COLL",
+    )
+
+
+@_fn("isDistinct")
+def _is_distinct(c: Compiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
+    return _sql(c.let(c.to_coll(base), lambda lst: f"(len(list_distinct({lst})) = len({lst}))"), "BOOL")
+
+
+# -- subsetting (§5.3) -------------------------------------------------------------------------
+@_fn("first")
+def _first(c: Compiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
+    if base.kind != "COLL":
+        return base
+    return _sql(f"{base.text}[1]", "ONE", base.fhir_type)
+
+
+@_fn("last")
+def _last(c: Compiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
+    if base.kind != "COLL":
+        return base
+    return _sql(f"{base.text}[-1]", "ONE", base.fhir_type)
+
+
+@_fn("single")
+def _single(c: Compiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
+    return c.to_one(base)
+
+
+@_fn("tail")
+def _tail(c: Compiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
+    return _sql(f"{c.to_coll(base)}[2:]", "COLL", base.fhir_type)
+
+
+@_fn("skip", 1, 1)
+def _skip(c: Compiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
+    n = c.to_int(c.node(args[0], s))
+    return _sql(f"{c.to_coll(base)}[greatest({n}, 0) + 1:]", "COLL", base.fhir_type)
+
+
+@_fn("take", 1, 1)
+def _take(c: Compiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
+    n = c.to_int(c.node(args[0], s))
+    return _sql(f"{c.to_coll(base)}[1:greatest({n}, 0)]", "COLL", base.fhir_type)
+
+
+@_fn("union", 1, 1)
+def _union(c: Compiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
+    from medcloud.analytics.fhirpath._operators import binary
+
+    return binary(c, "|", base, c.node(args[0], s))
+
+
+@_fn("combine", 1, 1)
+def _combine(c: Compiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
+    return _sql(f"list_concat({c.to_coll(base)}, {c.to_coll(c.node(args[0], s))})", "COLL")
+
+
+# -- boolean and utility (§5.5, §6.5, §7) ------------------------------------------------------
+@_fn("not")
+def _not(c: Compiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
+    return _sql(f"(NOT {c.to_bool(base)})", "BOOL")
+
+
+@_fn("iif", 2, 3)
+def _iif(c: Compiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
+    crit = c.to_bool(c.node(args[0], s))
+    yes = c.node(args[1], s)
+    no = c.node(args[2], s) if len(args) == 3 else None
+    if no is not None and yes.kind == no.kind and yes.kind != "COLL":
+        return _sql(f"(CASE WHEN {crit} THEN {yes.text} ELSE {no.text} END)", yes.kind)
+    if no is None and yes.kind != "COLL":
+        return _sql(f"(CASE WHEN {crit} THEN {c.to_one(yes).text} END)", "ONE")
+    other = c.to_coll(no) if no is not None else "CAST([] AS JSON[])"
+    return _sql(f"(CASE WHEN {crit} THEN {c.to_coll(yes)} ELSE {other} END)", "COLL")
+
+
+@_fn("hasValue")
+def _has_value(c: Compiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
+    one = c.to_one(base).text
+    return _sql(
+        c.let(one, lambda x: f"({x} IS NOT NULL AND json_type({x}) NOT IN ('OBJECT', 'ARRAY'))"), "BOOL"
+    )
+
+
+# -- FHIR additions: extension(), getResourceKey(), getReferenceKey() ----------------------------------
+@_fn("extension", 1, 1)
+def _extension(c: Compiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
+    url = c.to_str(c.node(args[0], s))
+    v, e = c.var(), c.var()
+    exts = c.member(_sql(v, "ONE"), "extension").text
+    return _sql(
+        f"flatten(list_transform({c.to_coll(base)}, lambda {v}: list_filter({exts}, "
+        f"lambda {e}: ({e} ->> 'url') = {url})))",
+        "COLL",
+    )
+
+
+@_fn("getResourceKey")
+def _get_resource_key(c: Compiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
+    # The key is the logical id: references in the supported forms resolve to it (see fp_ref_key).
+    return _sql(f"{c.member(c.to_one(base), 'id').text}[1]", "ONE")
+
+
+@_fn("getReferenceKey", 0, 1)
+def _get_reference_key(c: Compiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
+    resource_type = "NULL"
+    if args:
+        name = ast.type_name_of(args[0])
+        if name is None and isinstance(args[0], ast.Literal) and args[0].type == "string":
+            name = str(args[0].value)
+        if name is None:
+            raise ViewDefinitionError("", "getReferenceKey() takes a resource type such as Patient")
+        resource_type = sql_str(name)
+    v, k = c.var(), c.var()
+    return _sql(
+        f"list_filter(list_transform({c.to_coll(base)}, lambda {v}: to_json(fp_ref_key({v}, {resource_type}))), "
+        f"lambda {k}: {k} IS NOT NULL)",
+        "COLL",
+    )
+
+
+def _boundary(side: str) -> _Impl:
+    def impl(c: Compiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
+        precision = c.to_int(c.node(args[0], s)) if args else "NULL"
+        hint = sql_str(base.fhir_type) if base.fhir_type else "NULL"
+        return _sql(f"fp_{side}({c.to_one(base).text}, {precision}, {hint})", "ONE", base.fhir_type)
+
+    return impl
+
+
+_fn("lowBoundary", 0, 1)(_boundary("low"))
+_fn("highBoundary", 0, 1)(_boundary("high"))
+
+
+# -- strings (§5.6) ------------------------------------------------------------------------------
+@_fn("join", 0, 1)
+def _join(c: Compiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
+    sep = c.to_str(c.node(args[0], s)) if args else "''"
+    v = c.var()
+    strings = f"list_transform({c.to_coll(base)}, lambda {v}: {v} ->> '$')"
+    if re.fullmatch(r"'(?:[^']|'')*'", sep):
+        return _sql(f"array_to_string({strings}, {sep})", "STR")
+    # array_to_string() wants a constant separator; a computed one folds the list instead.
+    a, b = c.var(), c.var()
+    return _sql(
+        c.let(
+            strings,
+            lambda lst: (
+                f"CASE WHEN len({lst}) = 0 THEN '' "
+                f"ELSE list_reduce({lst}, lambda {a}, {b}: {a} || {sep} || {b}) END"
+            ),
+        ),
+        "STR",
+    )
+
+
+def _string_fn(name: str, nargs: int, kind: str, template: str) -> None:
+    def impl(c: Compiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
+        values = [c.to_str(base)] + [
+            c.to_int(c.node(a, s)) if "{int" in template else c.to_str(c.node(a, s)) for a in args
+        ]
+        text = template.format(
+            *values, int1=values[1] if len(values) > 1 else None, int2=values[2] if len(values) > 2 else None
+        )
+        return _sql(f"({text})", kind)
+
+    _fn(name, nargs, nargs)(impl)
+
+
+_string_fn("startsWith", 1, "BOOL", "starts_with({0}, {1})")
+_string_fn("endsWith", 1, "BOOL", "ends_with({0}, {1})")
+_string_fn("upper", 0, "STR", "upper({0})")
+_string_fn("lower", 0, "STR", "lower({0})")
+_string_fn("trim", 0, "STR", "trim({0})")
+_string_fn("length", 0, "INT", "CAST(length({0}) AS BIGINT)")
+_string_fn("indexOf", 1, "INT", "CAST(strpos({0}, {1}) - 1 AS BIGINT)")
+_string_fn("replace", 2, "STR", "replace({0}, {1}, {2})")
+_string_fn("matches", 1, "BOOL", "regexp_matches({0}, {1})")
+_string_fn("replaceMatches", 2, "STR", "regexp_replace({0}, {1}, {2}, 'g')")
+_string_fn("toString", 0, "STR", "{0}")
+
+
+@_fn("contains", 1, 1)
+def _contains(c: Compiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
+    return _sql(f"contains({c.to_str(base)}, {c.to_str(c.node(args[0], s))})", "BOOL")
+
+
+@_fn("substring", 1, 2)
+def _substring(c: Compiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
+    text = c.to_str(base)
+    start = c.to_int(c.node(args[0], s))
+    if len(args) == 2:
+        return _sql(
+            f"(CASE WHEN {start} < 0 OR {start} >= length({text}) THEN NULL "
+            f"ELSE substr({text}, {start} + 1, {c.to_int(c.node(args[1], s))}) END)",
+            "STR",
+        )
+    return _sql(
+        f"(CASE WHEN {start} < 0 OR {start} >= length({text}) THEN NULL "
+        f"ELSE substr({text}, {start} + 1) END)",
+        "STR",
+    )
+
+
+@_fn("split", 1, 1)
+def _split(c: Compiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
+    v = c.var()
+    parts = f"string_split({c.to_str(base)}, {c.to_str(c.node(args[0], s))})"
+    return _sql(f"coalesce(list_transform({parts}, lambda {v}: to_json({v})), CAST([] AS JSON[]))", "COLL")
+
+
+# -- conversion and math (§5.5, §5.7) ------------------------------------------------------------
+@_fn("toInteger")
+def _to_integer(c: Compiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
+    if base.kind == "BOOL":
+        return _sql(f"CAST({base.text} AS BIGINT)", "INT")
+    return _sql(f"TRY_CAST({c.to_str(base)} AS BIGINT)", "INT")
+
+
+@_fn("toDecimal")
+def _to_decimal(c: Compiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
+    if base.kind == "BOOL":
+        return _sql(f"CAST(CAST({base.text} AS INTEGER) AS DOUBLE)", "NUM")
+    return _sql(f"TRY_CAST({c.to_str(base)} AS DOUBLE)", "NUM")
+
+
+def _math_fn(name: str, template: str, kind: str = "NUM") -> None:
+    def impl(c: Compiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
+        x = c.to_num(base)
+        extra = [c.to_num(c.node(a, s)) for a in args]
+        return _sql(
+            template.format(x, *extra, *(["0"] if not extra else [])),
+            "INT" if (kind == "SAME" and base.kind == "INT") else ("NUM" if kind == "SAME" else kind),
+        )
+
+    _fn(name, 0, 1 if "{1}" in template else 0)(impl)
+
+
+_math_fn("abs", "abs({0})", "SAME")
+_math_fn("ceiling", "CAST(ceil({0}) AS BIGINT)", "INT")
+_math_fn("floor", "CAST(floor({0}) AS BIGINT)", "INT")
+_math_fn("truncate", "CAST(trunc({0}) AS BIGINT)", "INT")
+_math_fn("round", "round({0}, CAST({1} AS INTEGER))")
+_math_fn("sqrt", "(CASE WHEN {0} < 0 THEN NULL ELSE sqrt({0}) END)")
+_math_fn("ln", "(CASE WHEN {0} <= 0 THEN NULL ELSE ln({0}) END)")
+_math_fn("exp", "exp({0})")
+
+
+def _aggregate(name: str, sql_fn: str) -> None:
+    def impl(c: Compiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
+        v = c.var()
+        nums = f"list_transform({c.to_coll(base)}, lambda {v}: TRY_CAST({v} AS DOUBLE))"
+        return _sql(f"{sql_fn}({nums})", "NUM")
+
+    _fn(name)(impl)
+
+
+_aggregate("sum", "list_sum")
+_aggregate("min", "list_min")
+_aggregate("max", "list_max")
+_aggregate("avg", "list_avg")
+
+
+@_fn("today")
+def _today(c: Compiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
+    return _sql("strftime(current_date, '%Y-%m-%d')", "STR", "date")
+
+
+@_fn("now")
+def _now(c: Compiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
+    return _sql("strftime(current_timestamp, '%Y-%m-%dT%H:%M:%S.%g%z')", "STR", "dateTime")
+
+
+def supported_functions() -> tuple[str, ...]:
+    return tuple(sorted([*_FUNCTIONS, "ofType", "as", "is"]))
