@@ -64,13 +64,27 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'medcloud.db'}"
     url: str = request.getfixturevalue("pg_url")
+    _migrate_once(url)
     eng = create_engine(url)
-    metadata.create_all(eng)
     with eng.begin() as c:
         names = ", ".join(f'"{t.name}"' for t in metadata.sorted_tables)
         c.execute(text(f"TRUNCATE {names} RESTART IDENTITY"))
     eng.dispose()
     return url
+
+
+_MIGRATED: set[str] = set()
+
+
+def _migrate_once(url: str) -> None:
+    if url not in _MIGRATED:
+        from medcloud.storage.migrate import upgrade
+        from medcloud.storage.sql.database import Database
+
+        db = Database.connect(url)
+        upgrade(db)
+        db.dispose()
+        _MIGRATED.add(url)
 
 
 @pytest.fixture

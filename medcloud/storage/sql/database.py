@@ -9,7 +9,6 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, Executable, create_engine, event
 
-from medcloud.storage.schema import metadata
 from medcloud.storage.sql.dialect import Dialect, dialect_for
 
 
@@ -42,9 +41,6 @@ class Database:
     @property
     def is_sqlite(self) -> bool:
         return self.dialect.name == "sqlite"
-
-    def create_all(self) -> None:
-        metadata.create_all(self.engine)
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
