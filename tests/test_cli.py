@@ -14,8 +14,6 @@ from typer.testing import CliRunner
 
 from medcloud.cli import app
 
-SYNTHEA = Path("/tmp/synthea/p5/fhir")
-
 RESOURCES = [
     {"resourceType": "Patient", "id": "nd1", "name": [{"family": "Line"}]},
     {"resourceType": "Observation", "id": "ndo1", "status": "final", "code": {"text": "x"},
@@ -24,10 +22,10 @@ RESOURCES = [
 ]
 
 
-def _smallest_synthea() -> Path:
-    files = sorted(SYNTHEA.glob("*.json"), key=lambda p: p.stat().st_size)
-    if not files:
-        pytest.skip("no Synthea fixtures in /tmp/synthea/p5 (synthea -p 5 -o /tmp/synthea/p5)")
+@pytest.fixture
+def smallest_synthea(synthea_dir: Path) -> Path:
+    files = sorted(synthea_dir.glob("*.json"), key=lambda p: p.stat().st_size)
+    assert files
     return files[0]
 
 
@@ -41,11 +39,11 @@ def data_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def inputs(tmp_path: Path) -> Path:
+def inputs(tmp_path: Path, smallest_synthea: Path) -> Path:
     """A directory with a Synthea transaction Bundle, an NDJSON file, and nested good NDJSON."""
     d = tmp_path / "in"
     (d / "nested").mkdir(parents=True)
-    src = _smallest_synthea()
+    src = smallest_synthea
     (d / "patient.json").write_bytes(src.read_bytes())
     (d / "nested" / "more.ndjson").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in RESOURCES))
     return d

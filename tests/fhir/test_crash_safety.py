@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -42,10 +43,8 @@ def _start(data_dir: Path, db: str, port: int) -> subprocess.Popen[bytes]:
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     proc.wait(timeout=30)
 
 
@@ -65,10 +64,8 @@ def test_sigkill_during_transaction_leaves_all_or_nothing(backend, tmp_path, syn
     base = f"http://127.0.0.1:{port}/fhir"
 
     def send() -> None:
-        try:
+        with contextlib.suppress(httpx.HTTPError):  # the server dies under us: expected
             httpx.post(base, content=body, headers={"Content-Type": "application/fhir+json"}, timeout=120)
-        except httpx.HTTPError:
-            pass  # the server dies under us: expected
 
     t = threading.Thread(target=send)
     t.start()

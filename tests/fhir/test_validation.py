@@ -5,9 +5,6 @@ from __future__ import annotations
 import copy
 import gzip
 import json
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +18,6 @@ from medcloud.fhir._element_rules import CHOICES, NOT_R4
 from medcloud.fhir.definitions import resource_types
 from medcloud.fhir.validation import MAX_DEPTH, check_resource, validate_resource
 
-SYNTHEA_SAMPLE = Path("/tmp/synthea/p5/fhir")
 OBSERVATION = {"resourceType": "Observation", "status": "final", "code": {"text": "weight"}}
 
 
@@ -42,30 +38,9 @@ def observation(**elements: Any) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="session")
-def synthea_bundles(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    paths = sorted(SYNTHEA_SAMPLE.glob("*.json"))
-    if not paths:
-        synthea = Path(sys.executable).parent / "synthea"
-        if not synthea.exists() and not shutil.which("synthea"):
-            pytest.skip("no Synthea sample and no synthea generator installed")
-        out = tmp_path_factory.mktemp("synthea")
-        subprocess.run(
-            [
-                str(synthea if synthea.exists() else "synthea"),
-                "-p",
-                "1",
-                "-s",
-                "3",
-                "-r",
-                "20250101",
-                "-o",
-                str(out),
-            ],
-            check=True,
-            capture_output=True,
-            timeout=600,
-        )
-        paths = sorted((out / "fhir").glob("*.json"))
+def synthea_bundles(synthea_dir: Path) -> list[dict[str, Any]]:
+    paths = sorted(synthea_dir.glob("*.json"))
+    assert paths
     return [json.loads(p.read_bytes()) for p in paths]
 
 

@@ -3,9 +3,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import shutil
-import subprocess
-import sys
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -18,8 +15,6 @@ from medcloud.fhir import definitions
 from medcloud.fhir.indexing import IndexEntries, Indexer
 from medcloud.fhir.indexing._element_types import TYPES
 from medcloud.fhir.primitives import MAX_US, MIN_US, date_range, number_range
-
-SYNTHEA_DIR = Path("/tmp/synthea/p5/fhir")
 
 
 def test_package_exports_only_the_indexer_api() -> None:
@@ -368,19 +363,8 @@ def _resources(directory: Path) -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def synthea(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    if SYNTHEA_DIR.is_dir() and any(SYNTHEA_DIR.glob("*.json")):
-        return _resources(SYNTHEA_DIR)
-    out = tmp_path_factory.getbasetemp() / "synthea"
-    if not (out / "fhir").is_dir():
-        exe = shutil.which("synthea", path=str(Path(sys.executable).parent)) or "synthea"
-        subprocess.run(
-            [exe, "-p", "2", "-s", "42", "-r", "20250101", "-o", str(out)],
-            check=True,
-            capture_output=True,
-            timeout=300,
-        )
-    return _resources(out / "fhir")
+def synthea(synthea_dir: Path) -> list[dict[str, Any]]:
+    return _resources(synthea_dir)
 
 
 _COLUMN_TYPES = {

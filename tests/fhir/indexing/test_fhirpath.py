@@ -6,9 +6,6 @@ import gzip
 import json
 import random
 import re
-import shutil
-import subprocess
-import sys
 from collections import defaultdict
 from decimal import Decimal
 from pathlib import Path
@@ -28,8 +25,6 @@ from medcloud.fhir.indexing.fhirpath import (
     reference_type,
     type_matches,
 )
-
-SYNTHEA_DIR = Path("/tmp/synthea/p5/fhir")
 
 # Where the compiled evaluator deliberately differs from fhirpathpy; the parity test rewrites the
 # expression given to fhirpathpy accordingly.
@@ -63,26 +58,10 @@ def _rewrite_bundle_references(bundle: dict[str, Any]) -> list[dict[str, Any]]:
     return [walk(e["resource"]) for e in bundle["entry"]]
 
 
-def synthea_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The shared 5-patient set when present, else 2 patients generated once per session."""
-    if SYNTHEA_DIR.is_dir() and any(SYNTHEA_DIR.glob("*.json")):
-        return SYNTHEA_DIR
-    out = tmp_path_factory.getbasetemp() / "synthea"
-    if not (out / "fhir").is_dir():
-        exe = shutil.which("synthea", path=str(Path(sys.executable).parent)) or "synthea"
-        subprocess.run(
-            [exe, "-p", "2", "-s", "42", "-r", "20250101", "-o", str(out)],
-            check=True,
-            capture_output=True,
-            timeout=300,
-        )
-    return out / "fhir"
-
-
 @pytest.fixture(scope="session")
-def synthea_resources(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+def synthea_resources(synthea_dir: Path) -> list[dict[str, Any]]:
     resources: list[dict[str, Any]] = []
-    for f in sorted(synthea_dir(tmp_path_factory).glob("*.json")):
+    for f in sorted(synthea_dir.glob("*.json")):
         resources.extend(_rewrite_bundle_references(json.loads(f.read_text())))
     assert resources
     return resources

