@@ -19,6 +19,7 @@ from medcloud.fhir.context import FhirContext
 from medcloud.fhir.indexing import Indexer
 from medcloud.fhir.operations import load_all
 from medcloud.fhir.paging import CursorCodec
+from medcloud.imaging import Archive, dicomweb
 from medcloud.jobs import JobQueue, Worker
 from medcloud.security.audit import AuditTrail
 from medcloud.security.guard import AllowAll, Guard
@@ -32,6 +33,7 @@ class Services:
     db: Database
     fhir: FhirContext
     audit: AuditTrail
+    imaging: Archive | None = None
 
     def job_worker(self) -> Worker:
         """A worker for the background jobs (Bulk $export); the app runs one, ``medcloud worker`` another."""
@@ -39,6 +41,8 @@ class Services:
 
         worker = Worker(JobQueue(self.db, clock=self.fhir.clock), {export.KIND: export.job_handler(self.fhir)})
         worker.idle_hooks.append(_every(60.0, lambda: export.purge_expired(self.fhir)))
+        if self.imaging is not None:
+            worker.idle_hooks.append(_every(1.0, self.imaging.mark_stable))
         return worker
 
     def close(self) -> None:
@@ -62,7 +66,8 @@ def build_services(settings: Settings, *, migrate: bool = True) -> Services:
         guard=Guard(AllowAll(), audit),
         cursors=cursors,
     )
-    return Services(settings, db, ctx, audit)
+    imaging = dicomweb.build_archive(settings, db, ctx)
+    return Services(settings, db, ctx, audit, imaging)
 
 
 def create_app(settings: Settings, services: Services | None = None) -> Starlette:
@@ -92,7 +97,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
     fhir_routes = fhir_http.routes(svc.fhir)
     fhir_routes[0].name = "fhir_base"
     app = Starlette(
-        routes=[Route("/", root), Route("/healthz", health), *fhir_routes],
+        routes=[Route("/", root), Route("/healthz", health), *fhir_routes, *dicomweb.routes(svc)],
         lifespan=lifespan,
     )
     app.state.services = svc

@@ -11,18 +11,20 @@ import os
 import tempfile
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from medcloud.analytics.conformance import report, run_suite
 from medcloud.analytics.engines._sources import source_from_path
 from medcloud.analytics.engines.duckdb import DuckDBEngine
-from medcloud.analytics.engines.spark import SparkEngine
 from medcloud.analytics.errors import EngineUnavailable, EvaluationError
 from medcloud.errors import Invalid, MedcloudError
 
-app = typer.Typer(name="sof", help="SQL-on-FHIR v2 views on DuckDB.", no_args_is_help=True)
+if TYPE_CHECKING:
+    from medcloud.analytics.engines.spark import SparkEngine
+
+app = typer.Typer(name="sof", help="SQL-on-FHIR v2 views on DuckDB or Spark.", no_args_is_help=True)
 
 
 class Engine(StrEnum):
@@ -42,14 +44,25 @@ class OnError(StrEnum):
     skip = "skip"
 
 
-def _engine(engine: Engine) -> DuckDBEngine:
+def _engine(engine: Engine, spark_master: str | None = None) -> DuckDBEngine | SparkEngine:
     if engine is Engine.spark:
+        from medcloud.analytics.engines.spark import SparkEngine, available
+
+        if not available():
+            typer.echo("the Spark engine needs pyspark (pip install 'medcloud[spark]')", err=True)
+            raise typer.Exit(2)
         try:
-            SparkEngine()
+            return SparkEngine(master=spark_master)
         except EngineUnavailable as exc:
             typer.echo(str(exc), err=True)
             raise typer.Exit(2) from exc
     return DuckDBEngine()
+
+
+SparkMaster = Annotated[
+    str | None,
+    typer.Option("--spark-master", help="Spark master URL for --engine spark (default local[2])"),
+]
 
 
 @app.command("test")
@@ -59,9 +72,10 @@ def test(
         Path | None, typer.Option("--report", help="write the official test report JSON")
     ] = None,
     engine: Annotated[Engine, typer.Option(help="view runner")] = Engine.duckdb,
+    spark_master: SparkMaster = None,
 ) -> None:
     """Run SQL-on-FHIR conformance tests; exit 1 when any test fails."""
-    with _engine(engine) as runner:
+    with _engine(engine, spark_master) as runner:
         results = run_suite(path, runner)
     if report_file is not None:
         _atomic_write(report_file, json.dumps(report(results), indent=2) + "\n")
@@ -83,6 +97,7 @@ def run(
         OnError, typer.Option(help="malformed NDJSON lines: fail the run or skip them")
     ] = OnError.fail,
     engine: Annotated[Engine, typer.Option(help="view runner")] = Engine.duckdb,
+    spark_master: SparkMaster = None,
 ) -> None:
     """Run one ViewDefinition over a folder of resources and write the rows."""
     try:
@@ -91,7 +106,7 @@ def run(
         typer.echo(f"{view_file}: not JSON: {exc}", err=True)
         raise typer.Exit(3) from exc
     try:
-        with _engine(engine) as runner:
+        with _engine(engine, spark_master) as runner:
             result = runner.write(view, source_from_path(source, on_error.value), out, fmt.value)
     except Invalid as exc:
         typer.echo(f"error: {exc}", err=True)

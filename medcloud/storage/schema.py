@@ -197,3 +197,5 @@ audit_log = Table(
     Column("outcome", String(8), nullable=False),
     Column("content", LargeBinary, nullable=False),
 )
+
+from medcloud.storage import imaging_schema  # noqa: E402,F401  (imaging tables on the same metadata)

@@ -61,12 +61,6 @@ def test_test_command_exits_1_when_a_case_fails(tmp_path: Path) -> None:
     assert "FAIL t.json: bad" in result.output
 
 
-def test_spark_engine_is_not_available_yet() -> None:
-    result = runner.invoke(app, ["test", str(SUITE), "--engine", "spark"])
-    assert result.exit_code == 2
-    assert "not available yet" in result.output
-
-
 def test_run_writes_csv(tmp_path: Path) -> None:
     out = tmp_path / "out.csv"
     result = runner.invoke(

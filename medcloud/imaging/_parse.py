@@ -1,0 +1,244 @@
+"""Turn the bytes of one Part-10 file into what the archive indexes, or a categorised refusal.
+
+pydicom reads short values without complaint (a file cut inside Pixel Data parses "fine"), so
+truncation is checked here: every top-level element must hold as many bytes as its length says,
+and an EOF inside an undefined-length item (pydicom's warning) is a failure too.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import pydicom
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from medcloud.errors import Invalid, NotSupported, TooLarge, Unprocessable
+from medcloud.imaging.blobs import valid_uid
+
+BULK_THRESHOLD = 1024  # bytes of binary value above which metadata gives a BulkDataURI (PS3.18 F.2.7)
+PIXEL_DATA = 0x7FE00010
+
+
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    """One instance, validated: the UIDs that address it, its index attributes, its DICOM JSON."""
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    patient: dict[str, Any]
+    study: dict[str, Any]
+    series: dict[str, Any]
+    instance: dict[str, Any]
+    metadata: bytes  # DICOM JSON object; BulkDataURIs relative to the DICOMweb base
+    warnings: tuple[str, ...] = ()
+
+
+def parse(data: bytes, *, max_bytes: int) -> Parsed:
+    """Parse and validate one Part-10 instance.
+
+    Raises TooLarge (-> 0xA700), Unprocessable (not DICOM / corrupt, -> 0xC000), Invalid (missing
+    or malformed UIDs, -> 0xA900), NotSupported (a non-storage SOP class, -> 0x0122).
+    """
+    if len(data) > max_bytes:
+        raise TooLarge(f"instance of {len(data)} bytes exceeds the limit of {max_bytes} bytes")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            ds = pydicom.dcmread(io.BytesIO(data))
+        except InvalidDicomError as e:
+            raise Unprocessable(f"not a DICOM Part-10 file: {e}") from e
+        except Exception as e:  # noqa: BLE001 - any parser failure is "cannot understand"
+            raise Unprocessable(f"corrupt DICOM file: {type(e).__name__}: {e}") from e
+        eof = [str(w.message) for w in caught if "EOF" in str(w.message) or "end of file" in str(w.message).lower()]
+    if eof:
+        raise Unprocessable(f"truncated DICOM file: {eof[0]}")
+    _check_complete(ds)
+    meta = ds.file_meta
+    ts = _uid(meta.get("TransferSyntaxUID"))
+    if not ts:
+        raise Unprocessable("the File Meta Information has no Transfer Syntax UID (0002,0010)")
+    study_uid = _required_uid(ds, "StudyInstanceUID")
+    series_uid = _required_uid(ds, "SeriesInstanceUID")
+    sop_uid = _required_uid(ds, "SOPInstanceUID")
+    sop_class = _required_uid(ds, "SOPClassUID")
+    notes: list[str] = []
+    media_sop = _uid(meta.get("MediaStorageSOPInstanceUID"))
+    if media_sop and media_sop != sop_uid:
+        raise Invalid(f"MediaStorageSOPInstanceUID {media_sop} differs from SOPInstanceUID {sop_uid}")
+    _check_sop_class(sop_class)
+    _check_pixel_data(ds, ts)
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        return Parsed(
+            study_uid=study_uid,
+            series_uid=series_uid,
+            sop_uid=sop_uid,
+            sop_class_uid=sop_class,
+            transfer_syntax_uid=ts,
+            patient={
+                "patient_id": _text(ds, "PatientID") or "",
+                "patient_name": _text(ds, "PatientName"),
+                "patient_birth_date": da(_text(ds, "PatientBirthDate")),
+                "patient_sex": _text(ds, "PatientSex"),
+            },
+            study={
+                "study_date": da(_text(ds, "StudyDate")),
+                "study_time": tm(_text(ds, "StudyTime")),
+                "accession_number": _text(ds, "AccessionNumber"),
+                "referring_physician_name": _text(ds, "ReferringPhysicianName"),
+                "study_description": _text(ds, "StudyDescription"),
+                "study_id": _text(ds, "StudyID"),
+            },
+            series={
+                "modality": _text(ds, "Modality"),
+                "series_number": _int(ds, "SeriesNumber"),
+                "series_description": _text(ds, "SeriesDescription"),
+                "body_part_examined": _text(ds, "BodyPartExamined"),
+                "pps_start_date": da(_text(ds, "PerformedProcedureStepStartDate")),
+                "pps_start_time": tm(_text(ds, "PerformedProcedureStepStartTime")),
+            },
+            instance={
+                "sop_class_uid": sop_class,
+                "instance_number": _int(ds, "InstanceNumber"),
+                "rows": _int(ds, "Rows"),
+                "columns": _int(ds, "Columns"),
+                "number_of_frames": _int(ds, "NumberOfFrames") or (1 if PIXEL_DATA in ds else None),
+                "bits_allocated": _int(ds, "BitsAllocated"),
+                "transfer_syntax_uid": ts,
+            },
+            metadata=metadata_json(ds, study_uid, series_uid, sop_uid, ts),
+            warnings=tuple(notes),
+        )
+
+
+def metadata_json(ds: Dataset, study: str, series: str, sop: str, ts: str) -> bytes:
+    """The instance as a DICOM JSON object (PS3.18 F.2); large binary values become BulkDataURIs."""
+    base = f"studies/{study}/series/{series}/instances/{sop}"
+
+    def bulk(elem: DataElement) -> str:
+        return f"{base}/bulkdata/{elem.tag:08x}"
+
+    obj = ds.to_json_dict(BULK_THRESHOLD, bulk, suppress_invalid_tags=True)
+    # Pixel data is always bulk data, however small: viewers fetch it through frames/bulkdata.
+    for tag in ("7FE00008", "7FE00009", "7FE00010"):
+        el = obj.get(tag)
+        if el is not None and "InlineBinary" in el:
+            obj[tag] = {"vr": el["vr"], "BulkDataURI": f"{base}/bulkdata/{tag.lower()}"}
+    obj["00020010"] = {"vr": "UI", "Value": [ts]}
+    return orjson.dumps(dict(sorted(obj.items())))
+
+
+def _check_complete(ds: Dataset) -> None:
+    for tag, elem in ds._dict.items():
+        if (isinstance(elem, RawDataElement) and elem.length != 0xFFFFFFFF and elem.value is not None
+                and len(elem.value) != elem.length):
+            raise Unprocessable(
+                f"truncated DICOM file: element ({tag >> 16:04X},{tag & 0xFFFF:04X}) has "
+                f"{len(elem.value)} of {elem.length} bytes"
+            )
+
+
+def _check_pixel_data(ds: Dataset, ts: str) -> None:
+    if PIXEL_DATA not in ds:
+        return
+    try:
+        uid = pydicom.uid.UID(ts)
+        if not uid.is_transfer_syntax or uid.is_encapsulated:
+            return
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        bits = int(ds.BitsAllocated)
+        spp = int(ds.get("SamplesPerPixel", 1) or 1)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except Exception as e:  # noqa: BLE001 - any missing/invalid image attribute
+        raise Invalid(f"Pixel Data without a valid image pixel description: {e}") from e
+    expected = (rows * cols * frames * spp * bits + 7) // 8
+    actual = len(ds[PIXEL_DATA].value or b"")
+    if actual < expected:
+        raise Invalid(f"Pixel Data has {actual} bytes; Rows x Columns x frames x samples x bits needs {expected}")
+
+
+def _check_sop_class(uid: str) -> None:
+    from pydicom._uid_dict import UID_dictionary
+
+    entry = UID_dictionary.get(uid)
+    # Unknown (private or newer) SOP classes are stored as they are; known non-storage ones are not.
+    if entry is not None and (entry[1] != "SOP Class" or "Storage" not in entry[0]):
+        raise NotSupported(f"SOP Class {uid} ({entry[0]}) is not a storage SOP class")
+
+
+def _required_uid(ds: Dataset, keyword: str) -> str:
+    try:
+        value = _uid(ds.get(keyword))
+    except Exception:  # noqa: BLE001
+        value = None
+    if not value:
+        raise Invalid(f"missing {keyword}")
+    if not valid_uid(value):
+        raise Invalid(f"{keyword} {value!r} is not a valid UID")
+    return value
+
+
+def _uid(value: Any) -> str | None:
+    if value is None:
+        return None
+    s = str(value).strip().rstrip("\x00").strip()
+    return s or None
+
+
+def _text(ds: Dataset, keyword: str) -> str | None:
+    try:
+        value = ds.get(keyword)
+    except Exception:  # noqa: BLE001 - an undecodable value is treated as absent
+        return None
+    if value is None:
+        return None
+    if isinstance(value, list | tuple | pydicom.multival.MultiValue):
+        value = "\\".join(str(v) for v in value)
+    s = str(value).strip().rstrip("\x00").strip()
+    return s or None
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    try:
+        value = ds.get(keyword)
+        if value is None or value == "":
+            return None
+        if isinstance(value, list | tuple | pydicom.multival.MultiValue):
+            value = value[0]
+        return int(float(value))
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def da(value: str | None) -> str | None:
+    """A DICOM DA normalised to YYYYMMDD (old ACR-NEMA ``YYYY.MM.DD`` accepted); None if not a date."""
+    if not value:
+        return None
+    s = value.replace(".", "").replace("-", "").strip()
+    return s if len(s) == 8 and s.isdigit() else None
+
+
+def tm(value: str | None, *, upper: bool = False) -> str | None:
+    """A DICOM TM normalised to HHMMSS.ffffff so that times compare as strings.
+
+    ``upper`` pads missing components with their maximum (an open-ended range's upper bound).
+    """
+    if not value:
+        return None
+    s = value.replace(":", "").strip()
+    whole, _, frac = s.partition(".")
+    if not whole.isdigit() or len(whole) % 2 or len(whole) > 6 or (frac and not frac.isdigit()):
+        return None
+    pad = "9" if upper else "0"
+    whole = whole + ("595959"[len(whole):] if upper else "0" * (6 - len(whole)))
+    frac = (frac + pad * 6)[:6] if frac or not upper else "999999"
+    return f"{whole}.{frac}"

@@ -1,0 +1,422 @@
+"""The imaging archive: store, find, retrieve and delete DICOM instances (domain; no web framework).
+
+Store order (nothing half-stored): parse and validate in memory, then inside one write transaction
+(one SAVEPOINT per instance) write the blob and its index rows; an instance whose index write fails
+has its new blob removed, and if the commit itself fails every blob created by the request is
+removed. Study-level counts and ModalitiesInStudy are recomputed in the same transaction. After the
+commit, ``on_change`` is told which studies changed (the FHIR ImagingStudy link, once per study per
+request). Deletes remove index rows first, blobs after the commit (a crash leaves an orphan file,
+never an index row without its file).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from sqlalchemy import Connection, and_, delete, func, insert, select, update
+
+from medcloud.errors import Conflict, Invalid, MedcloudError, NotFound
+from medcloud.imaging import status
+from medcloud.imaging._parse import Parsed, parse
+from medcloud.imaging.blobs import BlobStore, instance_key, valid_uid
+from medcloud.storage.imaging_schema import dicom_instances, dicom_patients, dicom_series, dicom_studies
+from medcloud.storage.sql.database import Database
+
+log = logging.getLogger("medcloud.imaging")
+
+DuplicatePolicy = Literal["reject", "overwrite"]
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveConfig:
+    max_instance_bytes: int = 512 * 1024 * 1024
+    duplicates: DuplicatePolicy = "reject"
+    patient_id_system: str = "urn:medcloud:dicom:patient-id"
+    # A study is "stable" (complete) once no instance arrived for this long (issue 5; the AI subscribes).
+    stable_after_seconds: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class StoreResult:
+    """The outcome for one instance of a store request (PS3.18 §10.5.3: one Referenced/Failed SOP item)."""
+
+    status: int
+    sop_class_uid: str | None = None
+    sop_instance_uid: str | None = None
+    study_uid: str | None = None
+    series_uid: str | None = None
+    reason: str | None = None
+    warnings: tuple[tuple[int, str], ...] = ()
+
+    @property
+    def stored(self) -> bool:
+        return self.status == status.SUCCESS
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRef:
+    """Where one stored instance is and what its frames look like (for WADO-RS retrieve/frames)."""
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    blob_key: str
+    size: int
+    number_of_frames: int | None
+
+
+@dataclass
+class Archive:
+    db: Database
+    blobs: BlobStore
+    config: ArchiveConfig = field(default_factory=ArchiveConfig)
+    clock: Callable[[], int] = lambda: time.time_ns() // 1000
+    # Told, after each committed change, which studies changed (FHIR ImagingStudy link).
+    on_change: list[Callable[[set[str]], None]] = field(default_factory=list)
+    # Told which studies became stable (see ``mark_stable``).
+    on_stable: list[Callable[[list[str]], None]] = field(default_factory=list)
+
+    # -- store ------------------------------------------------------------------------------
+
+    def store(self, data: bytes, *, study_uid: str | None = None) -> StoreResult:
+        """Store one Part-10 instance; see ``store_many``."""
+        return self.store_many([data], study_uid=study_uid)[0]
+
+    def store_many(self, items: Iterable[bytes], *, study_uid: str | None = None) -> list[StoreResult]:
+        """Store Part-10 instances (one STOW-RS request); one result per item, in order.
+
+        ``study_uid`` (STOW-RS ``/studies/{study}``) rejects instances of other studies (0xA900).
+        """
+        datas = list(items)
+        results: list[StoreResult | None] = [None] * len(datas)
+        good: list[tuple[int, Parsed]] = []
+        for i, data in enumerate(datas):
+            try:
+                p = parse(data, max_bytes=self.config.max_instance_bytes)
+                if study_uid is not None and p.study_uid != study_uid:
+                    raise Invalid(f"StudyInstanceUID {p.study_uid} does not match the study {study_uid} of the request")
+                good.append((i, p))
+            except MedcloudError as e:
+                results[i] = _failed(e, getattr(e, "parsed", None))
+        if good:
+            self._store_parsed([(i, p, datas[i]) for i, p in good], results)
+        changed = {r.study_uid for r in results if r is not None and r.stored and r.study_uid}
+        if changed:
+            self._notify(changed)
+        return [r if r is not None else StoreResult(status.PROCESSING_FAILURE, reason="not processed") for r in results]
+
+    def _store_parsed(self, items: list[tuple[int, Parsed, bytes]], results: list[StoreResult | None]) -> None:
+        created: list[str] = []
+        replaced_blobs: list[str] = []
+        try:
+            with self.db.write() as conn:
+                # PostgreSQL: serialise writers of the same patient and study rows (always in this
+                # order, so two requests never wait on each other crosswise). SQLite has one writer.
+                for pid in sorted({p.patient["patient_id"] for _, p, _ in items}):
+                    self.db.dialect.lock_key(conn, f"dicom-patient:{pid}")
+                for uid in sorted({p.study_uid for _, p, _ in items}):
+                    self.db.dialect.lock_key(conn, f"dicom-study:{uid}")
+                touched: set[int] = set()
+                known: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}  # rows written by this request
+                written: list[str] = []
+                for i, p, data in items:
+                    sp = conn.begin_nested()
+                    new_key: str | None = None
+                    staged: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
+                    try:
+                        old = conn.execute(
+                            select(dicom_instances.c.pk, dicom_instances.c.blob_key, dicom_instances.c.study_pk)
+                            .where(dicom_instances.c.sop_uid == p.sop_uid)
+                        ).first()
+                        if old is not None and self.config.duplicates == "reject":
+                            raise Conflict(f"SOP Instance {p.sop_uid} is already stored (duplicate policy: reject)")
+                        key = instance_key(p.study_uid, p.series_uid, p.sop_uid)
+                        if old is None or old.blob_key != key:
+                            new_key = key
+                        self.blobs.put(key, data, sync_dir=False)
+                        written.append(key)
+                        if old is not None:
+                            touched.add(old.study_pk)
+                            if old.blob_key != key:
+                                replaced_blobs.append(old.blob_key)
+                        touched.add(self._index(conn, p, key, len(data), old.pk if old is not None else None,
+                                                known=known, staged=staged))
+                        sp.commit()
+                        known.update(staged)  # only rows of committed savepoints may be reused
+                        if new_key:
+                            created.append(new_key)
+                        warn = ((status.COERCION_OF_DATA_ELEMENTS, "replaced the stored instance with the same SOP "
+                                 "Instance UID (duplicate policy: overwrite)"),) if old is not None else ()
+                        results[i] = StoreResult(status.SUCCESS, p.sop_class_uid, p.sop_uid, p.study_uid, p.series_uid,
+                                                 warnings=warn)
+                    except Exception as e:  # noqa: BLE001 - one instance fails, the request goes on
+                        sp.rollback()
+                        if new_key:
+                            self.blobs.delete(new_key)
+                        if not isinstance(e, MedcloudError):
+                            log.exception("storing SOP Instance %s failed", p.sop_uid)
+                            e = MedcloudError(f"could not store the instance: {type(e).__name__}")
+                        results[i] = _failed(e, p)
+                _recount(conn, touched, self.clock())
+                self.blobs.sync(written)  # directory entries durable before the index commits
+        except Exception:
+            log.exception("store transaction failed; removing %d new blobs", len(created))
+            for key in created:
+                self.blobs.delete(key)
+            for i, p, _ in items:
+                r = results[i]
+                if r is None or r.stored:
+                    results[i] = StoreResult(status.OUT_OF_RESOURCES, p.sop_class_uid, p.sop_uid, p.study_uid,
+                                             p.series_uid, reason="the index write failed; retry")
+            return
+        for key in replaced_blobs:
+            self.blobs.delete(key)
+
+    def _index(self, conn: Connection, p: Parsed, key: str, size: int, old_pk: int | None, *,
+               known: dict[tuple[str, str], tuple[int, dict[str, Any]]] | None = None,
+               staged: dict[tuple[str, str], tuple[int, dict[str, Any]]] | None = None) -> int:
+        now = self.clock()
+        known = known if known is not None else {}
+        staged = staged if staged is not None else {}
+        patient_pk = _upsert(conn, dicom_patients, dicom_patients.c.patient_id, p.patient["patient_id"],
+                             {k: v for k, v in p.patient.items() if k != "patient_id"}, known=known, staged=staged)
+        study_pk = _upsert(conn, dicom_studies, dicom_studies.c.study_uid, p.study_uid,
+                           {**p.study, "patient_pk": patient_pk}, create={"num_series": 0, "num_instances": 0,
+                                                                          "updated": now},
+                           known=known, staged=staged)
+        series_pk = _upsert(conn, dicom_series, dicom_series.c.series_uid, p.series_uid,
+                            {**p.series, "study_pk": study_pk}, create={"num_instances": 0}, known=known,
+                            staged=staged)
+        row = {**p.instance, "series_pk": series_pk, "study_pk": study_pk, "blob_key": key, "size": size,
+               "stored": now, "metadata": p.metadata}
+        if old_pk is None:
+            conn.execute(insert(dicom_instances).values(sop_uid=p.sop_uid, **row))
+        else:
+            conn.execute(update(dicom_instances).where(dicom_instances.c.pk == old_pk).values(**row))
+        return study_pk
+
+    # -- read ------------------------------------------------------------------------------
+
+    def instances(self, study: str, series: str | None = None, sop: str | None = None) -> list[InstanceRef]:
+        """The stored instances of a study / series / one instance, in series and instance order.
+
+        Raises NotFound when nothing matches.
+        """
+        i, se, st = dicom_instances, dicom_series, dicom_studies
+        q = (
+            select(st.c.study_uid, se.c.series_uid, i.c.sop_uid, i.c.sop_class_uid, i.c.transfer_syntax_uid,
+                   i.c.blob_key, i.c.size, i.c.number_of_frames)
+            .select_from(i.join(se, se.c.pk == i.c.series_pk).join(st, st.c.pk == i.c.study_pk))
+            .where(*_uid_filters(study, series, sop))
+            .order_by(se.c.series_number, se.c.pk, i.c.instance_number, i.c.pk)
+        )
+        with self.db.read() as conn:
+            rows = conn.execute(q).all()
+        if not rows:
+            raise NotFound(_what(study, series, sop) + " is not stored")
+        return [InstanceRef(*r) for r in rows]
+
+    def metadata(self, study: str, series: str | None = None, sop: str | None = None) -> list[bytes]:
+        """The precomputed DICOM JSON object of each instance (PS3.18 F.2); raises NotFound."""
+        i, se, st = dicom_instances, dicom_series, dicom_studies
+        q = (
+            select(i.c.metadata)
+            .select_from(i.join(se, se.c.pk == i.c.series_pk).join(st, st.c.pk == i.c.study_pk))
+            .where(*_uid_filters(study, series, sop))
+            .order_by(se.c.series_number, se.c.pk, i.c.instance_number, i.c.pk)
+        )
+        with self.db.read() as conn:
+            rows = conn.execute(q).scalars().all()
+        if not rows:
+            raise NotFound(_what(study, series, sop) + " is not stored")
+        return list(rows)
+
+    def study_summary(self, study: str) -> dict[str, Any] | None:
+        """Patient, study, series and instance rows of one study (for the FHIR ImagingStudy)."""
+        with self.db.read() as conn:
+            st = conn.execute(
+                select(dicom_studies, dicom_patients.c.patient_id, dicom_patients.c.patient_name,
+                       dicom_patients.c.patient_birth_date, dicom_patients.c.patient_sex,
+                       dicom_patients.c.fhir_id.label("patient_fhir_id"))
+                .join(dicom_patients, dicom_patients.c.pk == dicom_studies.c.patient_pk)
+                .where(dicom_studies.c.study_uid == study)
+            ).mappings().first()
+            if st is None:
+                return None
+            series = conn.execute(
+                select(dicom_series).where(dicom_series.c.study_pk == st["pk"])
+                .order_by(dicom_series.c.series_number, dicom_series.c.pk)
+            ).mappings().all()
+            inst = conn.execute(
+                select(dicom_instances.c.series_pk, dicom_instances.c.sop_uid, dicom_instances.c.sop_class_uid,
+                       dicom_instances.c.instance_number, dicom_instances.c.number_of_frames)
+                .where(dicom_instances.c.study_pk == st["pk"])
+                .order_by(dicom_instances.c.instance_number, dicom_instances.c.pk)
+            ).mappings().all()
+        by_series: dict[int, list[dict[str, Any]]] = {}
+        for r in inst:
+            by_series.setdefault(r["series_pk"], []).append(dict(r))
+        return {**dict(st), "series": [{**dict(s), "instances": by_series.get(s["pk"], [])} for s in series]}
+
+    def set_patient_link(self, patient_id: str, fhir_id: str) -> None:
+        with self.db.write() as conn:
+            conn.execute(update(dicom_patients).where(dicom_patients.c.patient_id == patient_id)
+                         .values(fhir_id=fhir_id))
+
+    def set_study_link(self, study: str, fhir_id: str | None) -> None:
+        with self.db.write() as conn:
+            conn.execute(update(dicom_studies).where(dicom_studies.c.study_uid == study).values(fhir_id=fhir_id))
+
+    # -- delete ----------------------------------------------------------------------------
+
+    def delete(self, study: str, series: str | None = None, sop: str | None = None) -> int:
+        """Delete a study, a series or one instance; returns the number of instances removed.
+
+        Raises NotFound when nothing matches.
+        """
+        for uid in (study, series, sop):
+            if uid is not None and not valid_uid(uid):
+                raise Invalid(f"not a valid UID: {uid!r}")
+        with self.db.write() as conn:
+            self.db.dialect.lock_key(conn, f"dicom-study:{study}")
+            i, se, st = dicom_instances, dicom_series, dicom_studies
+            rows = conn.execute(
+                select(i.c.pk, i.c.blob_key, i.c.study_pk)
+                .select_from(i.join(se, se.c.pk == i.c.series_pk).join(st, st.c.pk == i.c.study_pk))
+                .where(*_uid_filters(study, series, sop))
+            ).all()
+            if not rows:
+                raise NotFound(_what(study, series, sop) + " is not stored")
+            pks = [r.pk for r in rows]
+            for chunk in range(0, len(pks), 500):
+                conn.execute(delete(i).where(i.c.pk.in_(pks[chunk:chunk + 500])))
+            _recount(conn, {r.study_pk for r in rows}, self.clock())
+        for r in rows:
+            self.blobs.delete(r.blob_key)
+        self._notify({study})
+        return len(rows)
+
+    # -- study stable ----------------------------------------------------------------------
+
+    def mark_stable(self) -> list[str]:
+        """Mark studies with no store for ``stable_after_seconds`` as stable; fire ``on_stable``.
+
+        Call it periodically (the app's job worker idle hook). Each study fires once per quiet
+        period: any later store or delete clears the mark, and it fires again when quiet again.
+        """
+        now = self.clock()
+        cutoff = now - int(self.config.stable_after_seconds * 1_000_000)
+        st = dicom_studies
+        due = select(st.c.pk, st.c.study_uid).where(st.c.stable_at.is_(None), st.c.updated <= cutoff)
+        with self.db.read() as conn:  # the common case, nothing due, takes no write lock
+            if conn.execute(due.limit(1)).first() is None:
+                return []
+        with self.db.write() as conn:
+            rows = conn.execute(due.order_by(st.c.updated).limit(1000)).all()
+            if rows:
+                conn.execute(update(st).where(st.c.pk.in_([r.pk for r in rows])).values(stable_at=now))
+        uids = [r.study_uid for r in rows]
+        if uids:
+            for hook in self.on_stable:
+                try:
+                    hook(uids)
+                except Exception:  # noqa: BLE001 - a subscriber's failure must not stop the others
+                    log.exception("study-stable hook failed for %d studies", len(uids))
+        return uids
+
+    def _notify(self, studies: set[str]) -> None:
+        for hook in self.on_change:
+            try:
+                hook(studies)
+            except Exception:  # noqa: BLE001 - the images are stored; the link is repaired on the next change
+                log.exception("imaging change hook failed for studies %s", sorted(studies))
+
+
+def _failed(err: MedcloudError, p: Parsed | None) -> StoreResult:
+    return StoreResult(
+        status.store_status(err),
+        p.sop_class_uid if p else None,
+        p.sop_uid if p else None,
+        p.study_uid if p else None,
+        p.series_uid if p else None,
+        reason=err.message,
+    )
+
+
+def _upsert(conn: Connection, table: Any, key_col: Any, key: str, values: dict[str, Any],
+            create: dict[str, Any] | None = None, *, known: dict[tuple[str, str], tuple[int, dict[str, Any]]],
+            staged: dict[tuple[str, str], tuple[int, dict[str, Any]]]) -> int:
+    """Insert or update one level's row by its natural key; NULL values never erase stored ones.
+
+    ``known`` holds rows this request already wrote (pk and the values applied), so the 2nd..nth
+    instance of a series costs no SELECT and, unless an attribute differs, no UPDATE.
+    """
+    present = {k: v for k, v in values.items() if v is not None}
+    cached = staged.get((table.name, key)) or known.get((table.name, key))
+    if cached is not None:
+        pk, applied = cached
+        changed = {k: v for k, v in present.items() if applied.get(k) != v}
+        if changed:
+            conn.execute(update(table).where(table.c.pk == pk).values(changed))
+            staged[(table.name, key)] = (pk, {**applied, **changed})
+        return pk
+    found = conn.execute(select(table.c.pk).where(key_col == key)).scalar()
+    if found is None:
+        inserted = conn.execute(insert(table).values({key_col.name: key, **(create or {}), **present}))
+        pk = int(inserted.inserted_primary_key[0])  # type: ignore[index]
+    else:
+        pk = int(found)
+        update_values = {**present, **({"updated": create["updated"]} if create and "updated" in create else {})}
+        if update_values:
+            conn.execute(update(table).where(table.c.pk == pk).values(update_values))
+    staged[(table.name, key)] = (pk, present)
+    return pk
+
+
+def _recount(conn: Connection, study_pks: set[int], now: int) -> None:
+    """Recompute series/study counts and ModalitiesInStudy; drop series and studies left empty."""
+    i, se, st = dicom_instances, dicom_series, dicom_studies
+    for study_pk in study_pks:
+        counts: dict[int, int] = dict(conn.execute(
+            select(i.c.series_pk, func.count()).where(i.c.study_pk == study_pk).group_by(i.c.series_pk)
+        ).all())
+        series = conn.execute(select(se.c.pk, se.c.modality).where(se.c.study_pk == study_pk)).all()
+        modalities = set()
+        for s in series:
+            n = counts.get(s.pk, 0)
+            if n == 0:
+                conn.execute(delete(se).where(se.c.pk == s.pk))
+                continue
+            conn.execute(update(se).where(se.c.pk == s.pk).values(num_instances=n))
+            if s.modality:
+                modalities.add(s.modality)
+        total = sum(counts.values())
+        if total == 0:
+            conn.execute(delete(st).where(st.c.pk == study_pk))
+            continue
+        conn.execute(update(st).where(st.c.pk == study_pk).values(
+            num_series=len(counts), num_instances=total, modalities="\\".join(sorted(modalities)) or None,
+            updated=now, stable_at=None))
+
+
+def _uid_filters(study: str, series: str | None, sop: str | None) -> list[Any]:
+    f = [dicom_studies.c.study_uid == study]
+    if series is not None:
+        f.append(dicom_series.c.series_uid == series)
+    if sop is not None:
+        f.append(dicom_instances.c.sop_uid == sop)
+    return [and_(*f)]
+
+
+def _what(study: str, series: str | None, sop: str | None) -> str:
+    if sop is not None:
+        return f"instance {sop} of series {series} in study {study}"
+    if series is not None:
+        return f"series {series} of study {study}"
+    return f"study {study}"

@@ -1,0 +1,159 @@
+"""Where DICOM instance files live: a small blob-store protocol and its local filesystem implementation.
+
+Keys are UID-addressed: ``<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``. We chose
+UIDs over content hashes because every DICOM operation addresses instances by UID (WADO-RS,
+C-MOVE, DELETE of a study or series), a duplicate SOP Instance UID must *replace* the file under the
+overwrite policy (a content hash would leave the old blob behind and need reference counting), and
+a study or series delete becomes one prefix delete, which S3 (``ListObjectsV2`` + ``DeleteObjects``)
+does as cheaply as a directory. UIDs are validated (digits and dots, PS3.5 §9.1) before they become
+a key, so a key can never escape the store's root.
+
+An S3 implementation only has to provide the same methods: ``put`` maps to one PutObject
+(atomic by S3's semantics), ``open`` to a streaming GetObject body.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+CHUNK = 256 * 1024
+
+
+def valid_uid(uid: str) -> bool:
+    """A UID per PS3.5 §9.1: digits and dots, at most 64 characters (leading zeros tolerated)."""
+    return 0 < len(uid) <= 64 and _UID.match(uid) is not None
+
+
+def instance_key(study: str, series: str, sop: str) -> str:
+    for uid in (study, series, sop):
+        if not valid_uid(uid):
+            raise ValueError(f"not a valid DICOM UID: {uid!r}")
+    return f"{study}/{series}/{sop}.dcm"
+
+
+class BlobStore(Protocol):
+    def put(self, key: str, data: bytes, *, sync_dir: bool = True) -> None:
+        """Store ``data`` under ``key`` atomically (readers see the old or the new object, never part).
+
+        ``sync_dir=False`` defers making the new name durable to ``sync`` (one call per batch).
+        """
+
+    def sync(self, keys: list[str]) -> None:
+        """Make earlier ``put(..., sync_dir=False)`` of ``keys`` durable (no-op where puts already are)."""
+
+    def open(self, key: str) -> BinaryIO:
+        """A readable binary stream; raises FileNotFoundError when the key is absent."""
+
+    def read(self, key: str) -> bytes: ...
+
+    def iter_chunks(self, key: str, size: int = CHUNK) -> Iterator[bytes]:
+        """The object in chunks of at most ``size`` bytes (for streaming responses)."""
+
+    def delete(self, key: str) -> None:
+        """Remove one object; absent keys are not an error."""
+
+    def delete_prefix(self, prefix: str) -> None:
+        """Remove every object whose key starts with ``prefix/`` (a study or a series)."""
+
+    def exists(self, key: str) -> bool: ...
+
+
+class LocalBlobStore:
+    """Files under ``root``; each put is temp file + fsync + rename (+ directory fsync)."""
+
+    def __init__(self, root: Path, *, fsync: bool = True):
+        self.root = root
+        self.fsync = fsync
+        root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        if key.startswith("/") or ".." in key.split("/"):
+            raise ValueError(f"invalid blob key {key!r}")
+        return self.root / key
+
+    def put(self, key: str, data: bytes, *, sync_dir: bool = True) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                if self.fsync:
+                    f.flush()
+                    os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with _quiet():
+                os.unlink(tmp)
+            raise
+        if self.fsync and sync_dir:
+            _fsync_dir(path.parent)
+
+    def sync(self, keys: list[str]) -> None:
+        if self.fsync:
+            for parent in sorted({self._path(k).parent for k in keys}):
+                _fsync_dir(parent)
+
+    def open(self, key: str) -> BinaryIO:
+        return open(self._path(key), "rb")
+
+    def read(self, key: str) -> bytes:
+        with self.open(key) as f:
+            return f.read()
+
+    def iter_chunks(self, key: str, size: int = CHUNK) -> Iterator[bytes]:
+        with self.open(key) as f:
+            while chunk := f.read(size):
+                yield chunk
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        with _quiet():
+            path.unlink()
+        # Leave no empty series/study directories behind.
+        for parent in (path.parent, path.parent.parent):
+            if parent == self.root:
+                break
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+
+    def delete_prefix(self, prefix: str) -> None:
+        path = self._path(prefix.strip("/"))
+        shutil.rmtree(path, ignore_errors=True)
+        parent = path.parent
+        if parent != self.root:
+            with _quiet():
+                parent.rmdir()
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+
+class _quiet:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> bool:
+        return isinstance(exc, OSError)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,450 @@
+"""The DICOMweb edge (PS3.18): STOW-RS, QIDO-RS, WADO-RS and DELETE under ``/dicomweb``.
+
+HTTP in, archive calls (in the thread pool) out. Errors become a DICOM-ish HTTP status with a small
+JSON body ``{"status": 404, "category": "not-found", "message": ...}``; per-instance STOW failures
+are reported in the response dataset (FailedSOPSequence / FailureReason), not as HTTP errors.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+from urllib.parse import parse_qsl
+
+import orjson
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from medcloud.config import Settings
+from medcloud.errors import Invalid, MedcloudError, NotAcceptable, NotFound, TooLarge, UnsupportedMedia
+from medcloud.fhir.context import FhirContext
+from medcloud.fhir.exchange import STATUS_BY_CATEGORY
+from medcloud.imaging import qido, render
+from medcloud.imaging._multipart import media_type, new_boundary, parse_related, write_related
+from medcloud.imaging.archive import Archive, ArchiveConfig, InstanceRef, StoreResult
+from medcloud.imaging.blobs import LocalBlobStore, valid_uid
+from medcloud.imaging.fhir_link import ImagingStudyLink
+from medcloud.storage.sql.database import Database
+
+log = logging.getLogger("medcloud.dicomweb")
+
+DICOM_JSON = "application/dicom+json"
+MAX_REQUEST_BYTES = 2 * 1024 * 1024 * 1024  # a STOW-RS body (the archive limits each instance too)
+SUPPORTED_TS = "*"
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def build_archive(settings: Settings, db: Database, fhir_ctx: FhirContext | None,
+                  config: ArchiveConfig | None = None) -> Archive:
+    """The archive for a server: blobs under ``data_dir/dicom``, index in ``db``, ImagingStudy link to FHIR."""
+    # The index tables come from migration 0002 (run by build_services / ``medcloud db upgrade``).
+    archive = Archive(db, LocalBlobStore(settings.data_dir / "dicom"), config or ArchiveConfig())
+    if fhir_ctx is not None:
+        archive.clock = fhir_ctx.clock
+        archive.on_change.append(ImagingStudyLink(archive, fhir_ctx))
+    return archive
+
+
+def routes(services_or_archive: Any, prefix: str = "/dicomweb") -> list[Route]:
+    """Starlette routes for DICOMweb. Pass an ``Archive``, or the app's ``Services`` (one is built)."""
+    if isinstance(services_or_archive, Archive):
+        archive = services_or_archive
+    else:
+        svc = services_or_archive
+        archive = getattr(svc, "imaging", None) or build_archive(svc.settings, svc.db, svc.fhir)
+    web = _DicomWeb(archive, prefix)
+    p = prefix
+    s, se, i = "{study}", "{series}", "{instance}"
+    get, post, delete = ["GET", "HEAD"], ["POST"], ["DELETE"]
+    return [
+        Route(f"{p}/studies", web.wrap(web.qido_studies_or_stow), methods=get + post),
+        Route(f"{p}/series", web.wrap(web.qido_series), methods=get),
+        Route(f"{p}/instances", web.wrap(web.qido_instances), methods=get),
+        Route(f"{p}/studies/{s}", web.wrap(web.study), methods=get + post + delete),
+        Route(f"{p}/studies/{s}/metadata", web.wrap(web.metadata), methods=get),
+        Route(f"{p}/studies/{s}/series", web.wrap(web.qido_series), methods=get),
+        Route(f"{p}/studies/{s}/instances", web.wrap(web.qido_instances), methods=get),
+        Route(f"{p}/studies/{s}/series/{se}", web.wrap(web.series), methods=get + delete),
+        Route(f"{p}/studies/{s}/series/{se}/metadata", web.wrap(web.metadata), methods=get),
+        Route(f"{p}/studies/{s}/series/{se}/instances", web.wrap(web.qido_instances), methods=get),
+        Route(f"{p}/studies/{s}/series/{se}/instances/{i}", web.wrap(web.instance), methods=get + delete),
+        Route(f"{p}/studies/{s}/series/{se}/instances/{i}/metadata", web.wrap(web.metadata), methods=get),
+        Route(f"{p}/studies/{s}/series/{se}/instances/{i}/frames/{{frames}}", web.wrap(web.frames), methods=get),
+        Route(f"{p}/studies/{s}/series/{se}/instances/{i}/frames/{{frames}}/rendered", web.wrap(web.rendered),
+              methods=get),
+        Route(f"{p}/studies/{s}/series/{se}/instances/{i}/rendered", web.wrap(web.rendered), methods=get),
+        Route(f"{p}/studies/{s}/series/{se}/instances/{i}/thumbnail", web.wrap(web.thumbnail), methods=get),
+        Route(f"{p}/studies/{s}/series/{se}/instances/{i}/bulkdata/{{tag}}", web.wrap(web.bulkdata), methods=get),
+    ]
+
+
+class _DicomWeb:
+    def __init__(self, archive: Archive, prefix: str):
+        self.archive = archive
+        self.prefix = prefix
+
+    def wrap(self, fn: Handler) -> Handler:
+        async def endpoint(request: Request) -> Response:
+            try:
+                for name in ("study", "series", "instance"):
+                    uid = request.path_params.get(name)
+                    if uid is not None and not valid_uid(uid):
+                        raise Invalid(f"{uid!r} is not a valid {name} UID")
+                return await fn(request)
+            except MedcloudError as e:
+                return _error(e)
+            except Exception:
+                log.exception("unhandled error on %s %s", request.method, request.url.path)
+                return _error(MedcloudError("internal error; see the server log"))
+
+        return endpoint
+
+    def base(self, request: Request) -> str:
+        return f"{request.url.scheme}://{request.url.netloc}{self.prefix}"
+
+    # -- STOW-RS (PS3.18 §10.5) --------------------------------------------------------------
+
+    async def qido_studies_or_stow(self, request: Request) -> Response:
+        if request.method == "POST":
+            return await self.stow(request, None)
+        return await self.qido(request, "study")
+
+    async def study(self, request: Request) -> Response:
+        study = request.path_params["study"]
+        if request.method == "POST":
+            return await self.stow(request, study)
+        if request.method == "DELETE":
+            return await self.delete(study)
+        return await self.retrieve(request, study)
+
+    async def stow(self, request: Request, study: str | None) -> Response:
+        ctype, params = media_type(request.headers.get("content-type", ""))
+        if ctype != "multipart/related":
+            raise UnsupportedMedia(f"STOW-RS needs multipart/related; type=\"application/dicom\", got {ctype!r}")
+        boundary = params.get("boundary")
+        if not boundary:
+            raise Invalid("the multipart/related Content-Type has no boundary")
+        rtype = params.get("type", "application/dicom").lower()
+        if rtype != "application/dicom":
+            raise UnsupportedMedia(f"only type=\"application/dicom\" is accepted (got {rtype!r}); "
+                                   "the metadata+bulkdata form of STOW-RS is not supported")
+        body = await _read_body(request, MAX_REQUEST_BYTES)
+        parts = parse_related(body, boundary)
+        if not parts:
+            raise Invalid("the request contains no parts")
+        datas: list[bytes] = []
+        rejected: dict[int, StoreResult] = {}
+        for n, part in enumerate(parts):
+            pt = part.content_type or "application/dicom"
+            if pt != "application/dicom":
+                rejected[n] = StoreResult(0xC000, reason=f"part of type {pt!r} is not application/dicom")
+            datas.append(part.body)
+        stored = await run_in_threadpool(self._store, [d for n, d in enumerate(datas) if n not in rejected], study)
+        it = iter(stored)
+        results = [rejected[n] if n in rejected else next(it) for n in range(len(datas))]
+        return self._stow_response(request, results, study)
+
+    def _store(self, datas: list[bytes], study: str | None) -> list[StoreResult]:
+        return self.archive.store_many(datas, study_uid=study) if datas else []
+
+    def _stow_response(self, request: Request, results: list[StoreResult], study: str | None) -> Response:
+        base = self.base(request)
+        ok, failed = [], []
+        for r in results:
+            if r.stored:
+                item: dict[str, Any] = {
+                    "00081150": _el("UI", r.sop_class_uid),
+                    "00081155": _el("UI", r.sop_instance_uid),
+                    "00081190": _el("UR", f"{base}/studies/{r.study_uid}/series/{r.series_uid}"
+                                          f"/instances/{r.sop_instance_uid}"),
+                }
+                if r.warnings:
+                    item["00081196"] = {"vr": "US", "Value": [w[0] for w in r.warnings]}
+                ok.append(item)
+            else:
+                item = {
+                    "00081150": _el("UI", r.sop_class_uid),
+                    "00081155": _el("UI", r.sop_instance_uid),
+                    "00081197": {"vr": "US", "Value": [r.status]},
+                }
+                if r.reason:
+                    item["00000902"] = _el("LO", r.reason[:64])  # ErrorComment: the reason, for people
+                failed.append(item)
+                log.info("STOW-RS failure 0x%04X for %s: %s", r.status, r.sop_instance_uid, r.reason)
+        out: dict[str, Any] = {}
+        if study is not None:
+            out["00081190"] = _el("UR", f"{base}/studies/{study}")
+        if ok:
+            out["00081199"] = {"vr": "SQ", "Value": ok}
+        if failed:
+            out["00081198"] = {"vr": "SQ", "Value": failed}
+        # PS3.18 §10.5.3: 200 all stored, 202 some failed or warnings, 409 none stored.
+        warned = any(r.warnings for r in results if r.stored)
+        code = 409 if not ok else 202 if failed or warned else 200
+        return Response(orjson.dumps(out), status_code=code, media_type=DICOM_JSON)
+
+    # -- QIDO-RS (PS3.18 §10.6) ----------------------------------------------------------------
+
+    async def qido_series(self, request: Request) -> Response:
+        return await self.qido(request, "series")
+
+    async def qido_instances(self, request: Request) -> Response:
+        return await self.qido(request, "instance")
+
+    async def qido(self, request: Request, level: qido.Level) -> Response:
+        _accept(request, (DICOM_JSON, "application/json"))
+        params = parse_qsl(request.url.query, keep_blank_values=True)
+        q = qido.parse_query(level, params, study_uid=request.path_params.get("study"),
+                             series_uid=request.path_params.get("series"))
+        results, truncated = await run_in_threadpool(qido.search, self.archive.db, q)
+        headers = {}
+        notes = list(q.warnings)
+        if truncated:
+            notes.append("the result was truncated; use limit and offset to page")
+        if notes:
+            headers["Warning"] = ", ".join(f'299 medcloud "{n}"' for n in notes)
+        if request.method == "HEAD":
+            return Response(status_code=200, headers=headers, media_type=DICOM_JSON)
+        return Response(orjson.dumps(results), status_code=200, headers=headers, media_type=DICOM_JSON)
+
+    # -- WADO-RS (PS3.18 §10.4) ----------------------------------------------------------------
+
+    async def series(self, request: Request) -> Response:
+        study, series = request.path_params["study"], request.path_params["series"]
+        if request.method == "DELETE":
+            return await self.delete(study, series)
+        return await self.retrieve(request, study, series)
+
+    async def instance(self, request: Request) -> Response:
+        p = request.path_params
+        if request.method == "DELETE":
+            return await self.delete(p["study"], p["series"], p["instance"])
+        return await self.retrieve(request, p["study"], p["series"], p["instance"])
+
+    async def retrieve(self, request: Request, study: str, series: str | None = None,
+                       sop: str | None = None) -> Response:
+        wanted_ts = _accept_dicom(request)
+        refs = await run_in_threadpool(self.archive.instances, study, series, sop)
+        convert = wanted_ts not in ("*", None) and any(r.transfer_syntax_uid != wanted_ts for r in refs)
+        if convert and wanted_ts not in render.TRANSCODE_TARGETS:
+            raise NotAcceptable(f"cannot transcode to {wanted_ts}: instances are served as stored or in "
+                                f"{' / '.join(render.TRANSCODE_TARGETS)} (or ask with transfer-syntax=*)")
+        boundary = new_boundary()
+        blobs = self.archive.blobs
+
+        def part(r: InstanceRef) -> tuple[dict[str, str], Iterator[bytes]]:
+            if convert and wanted_ts and r.transfer_syntax_uid != wanted_ts:
+                # Decoded per instance while streaming: one instance in memory at a time.
+                return ({"Content-Type": f"application/dicom; transfer-syntax={wanted_ts}"},
+                        iter([render.transcode(blobs.read(r.blob_key), wanted_ts)]))
+            return ({"Content-Type": f"application/dicom; transfer-syntax={r.transfer_syntax_uid}",
+                     "Content-Length": str(r.size)}, blobs.iter_chunks(r.blob_key))
+
+        if convert:  # fail before the 200 is sent when the first instance cannot be decoded
+            first = await run_in_threadpool(part, refs[0])
+            head: list[tuple[dict[str, str], Iterator[bytes]]] = [first]
+            rest = refs[1:]
+        else:
+            head, rest = [], refs
+
+        def body() -> Iterator[bytes]:
+            yield from write_related(itertools.chain(head, (part(r) for r in rest)), boundary)
+
+        return StreamingResponse(body(), media_type=None, headers={
+            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'})
+
+    async def metadata(self, request: Request) -> Response:
+        _accept(request, (DICOM_JSON, "application/json"))
+        p = request.path_params
+        objs = await run_in_threadpool(self.archive.metadata, p["study"], p.get("series"), p.get("instance"))
+        base = self.base(request).encode()
+        marker = b'"BulkDataURI":"'
+        body = b"[" + b",".join(objs) + b"]"
+        body = body.replace(marker, marker + base + b"/")
+        return Response(body, media_type=DICOM_JSON)
+
+    async def frames(self, request: Request) -> Response:
+        p = request.path_params
+        numbers = _frame_numbers(p["frames"])
+        _accept(request, ("multipart/related", "application/octet-stream"))
+        ref = await self._one(p)
+        data = await run_in_threadpool(self.archive.blobs.read, ref.blob_key)
+        out = await run_in_threadpool(render.frames, data, numbers)
+        return _octets(out, [f"{self.base(request)}/studies/{p['study']}/series/{p['series']}/instances/"
+                             f"{p['instance']}/frames/{n}" for n in numbers])
+
+    async def bulkdata(self, request: Request) -> Response:
+        p = request.path_params
+        tag = p["tag"].upper()
+        if len(tag) != 8 or any(c not in "0123456789ABCDEF" for c in tag):
+            raise Invalid(f"{p['tag']!r} is not a tag (8 hex digits)")
+        ref = await self._one(p)
+        data = await run_in_threadpool(self.archive.blobs.read, ref.blob_key)
+        if int(tag, 16) == render.PIXEL_DATA:
+            n = ref.number_of_frames or 1
+            out = await run_in_threadpool(render.frames, data, list(range(1, n + 1)))
+            return _octets(out, None)
+        value = await run_in_threadpool(_element_bytes, data, int(tag, 16))
+        return _octets([value], None)
+
+    async def rendered(self, request: Request) -> Response:
+        return await self._render(request, None)
+
+    async def thumbnail(self, request: Request) -> Response:
+        return await self._render(request, (128, 128))
+
+    async def _render(self, request: Request, default_viewport: tuple[int, int] | None) -> Response:
+        p = request.path_params
+        frame = 1
+        if "frames" in p:
+            numbers = _frame_numbers(p["frames"])
+            if len(numbers) != 1:
+                raise Invalid("rendered frames take exactly one frame number")
+            frame = numbers[0]
+        media = _accept(request, ("image/jpeg", "image/png"), default="image/jpeg")
+        q = dict(parse_qsl(request.url.query))
+        window = render.parse_window(q.get("window"))
+        viewport = render.parse_viewport(q.get("viewport")) or default_viewport
+        quality = int(q.get("quality", "90")) if q.get("quality", "90").isdigit() else 90
+        ref = await self._one(p)
+        data = await run_in_threadpool(self.archive.blobs.read, ref.blob_key)
+        img = await run_in_threadpool(lambda: render.render(data, frame=frame, window=window, viewport=viewport,
+                                                            media_type=media, quality=min(max(quality, 1), 100)))
+        return Response(img, media_type=media)
+
+    async def _one(self, p: Any) -> InstanceRef:
+        refs = await run_in_threadpool(self.archive.instances, p["study"], p["series"], p["instance"])
+        return refs[0]
+
+    # -- DELETE -----------------------------------------------------------------------------------
+
+    async def delete(self, study: str, series: str | None = None, sop: str | None = None) -> Response:
+        await run_in_threadpool(self.archive.delete, study, series, sop)
+        return Response(status_code=204)
+
+
+def _el(vr: str, value: Any) -> dict[str, Any]:
+    return {"vr": vr, "Value": [value]} if value not in (None, "") else {"vr": vr}
+
+
+def _error(err: MedcloudError) -> Response:
+    code = STATUS_BY_CATEGORY.get(err.category, 500)
+    return Response(orjson.dumps({"status": code, "category": err.category, "message": err.message}),
+                    status_code=code, media_type="application/json")
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise TooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge(f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _accepts(request: Request) -> list[tuple[str, dict[str, str]]]:
+    header = request.headers.get("accept", "")
+    if not header.strip():
+        return []
+    out = []
+    for item in _split_accept(header):
+        out.append(media_type(item))
+    return out
+
+
+def _split_accept(header: str) -> list[str]:
+    items: list[str] = []
+    cur: list[str] = []
+    quoted = False
+    for ch in header:
+        if ch == '"':
+            quoted = not quoted
+        if ch == "," and not quoted:
+            items.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    items.append("".join(cur))
+    return [i.strip() for i in items if i.strip()]
+
+
+def _accept(request: Request, offered: tuple[str, ...], default: str | None = None) -> str:
+    """The first offered media type the Accept header allows (absent or */*: the first offered)."""
+    accepts = _accepts(request)
+    if not accepts:
+        return default or offered[0]
+    for mt, _ in accepts:
+        if mt in offered:
+            return mt
+        if mt in ("*/*", "application/*", "image/*") and (default or offered[0]).startswith(mt[:-1].rstrip("*")):
+            return default or offered[0]
+        if mt in ("*/*",):
+            return default or offered[0]
+    raise NotAcceptable(f"cannot produce {request.headers.get('accept')!r}; this resource offers {', '.join(offered)}")
+
+
+def _accept_dicom(request: Request) -> str | None:
+    """The transfer syntax asked for by Accept for a DICOM retrieve (None: no preference)."""
+    accepts = _accepts(request)
+    if not accepts:
+        return None
+    for mt, params in accepts:
+        if mt in ("*/*", "multipart/*"):
+            return None
+        if mt == "multipart/related":
+            t = params.get("type", "application/dicom").lower()
+            if t in ("application/dicom", "*/*"):
+                return params.get("transfer-syntax")
+            continue
+        if mt == "application/dicom":
+            return params.get("transfer-syntax")
+    raise NotAcceptable('instances are served as multipart/related; type="application/dicom"')
+
+
+def _frame_numbers(text: str) -> list[int]:
+    try:
+        numbers = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError as e:
+        raise Invalid(f"frame numbers must be a comma-separated list of integers, got {text!r}") from e
+    if not numbers or any(n < 1 for n in numbers):
+        raise Invalid("frame numbers start at 1")
+    return numbers
+
+
+def _octets(values: list[bytes], locations: list[str] | None) -> Response:
+    boundary = new_boundary()
+    parts = []
+    for n, v in enumerate(values):
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(len(v))}
+        if locations:
+            headers["Content-Location"] = locations[n]
+        parts.append((headers, [v]))
+    body = b"".join(write_related(parts, boundary))
+    return Response(body, headers={
+        "Content-Type": f'multipart/related; type="application/octet-stream"; boundary={boundary}'})
+
+
+def _element_bytes(data: bytes, tag: int) -> bytes:
+    import io
+    import warnings
+
+    import pydicom
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(io.BytesIO(data))
+    if tag not in ds:
+        raise NotFound(f"the instance has no top-level element ({tag >> 16:04X},{tag & 0xFFFF:04X})")
+    value = ds[tag].value
+    if not isinstance(value, bytes | bytearray):
+        raise NotFound(f"({tag >> 16:04X},{tag & 0xFFFF:04X}) is not a binary bulk data element")
+    return bytes(value)

@@ -1,0 +1,234 @@
+"""The archive domain on SQLite and PostgreSQL: store, policy, bad input, nothing half-stored, delete."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from _factory import TEST_FILES, instance
+from pydicom.uid import generate_uid
+
+from medcloud.errors import NotFound
+from medcloud.imaging import qido, status
+from medcloud.imaging.archive import Archive, ArchiveConfig
+
+
+def _study_row(archive: Archive, uid: str) -> dict:
+    s = archive.study_summary(uid)
+    assert s is not None
+    return s
+
+
+def test_store_indexes_patient_study_series_and_instance(archive: Archive) -> None:
+    st, se1, se2 = generate_uid(), generate_uid(), generate_uid()
+    results = archive.store_many([
+        instance(study=st, series=se1, instance_number=1),
+        instance(study=st, series=se1, instance_number=2),
+        instance(study=st, series=se2, modality="MR", series_number=2),
+    ])
+    assert [r.status for r in results] == [0, 0, 0]
+    s = _study_row(archive, st)
+    assert (s["num_series"], s["num_instances"], s["modalities"]) == (2, 3, "CT\\MR")
+    assert (s["patient_id"], s["patient_name"], s["patient_birth_date"], s["patient_sex"]) == \
+        ("PID-1", "Doe^Jane", "19800102", "F")
+    assert (s["study_date"], s["study_time"], s["accession_number"]) == ("20240115", "101500.000000", "ACC-1")
+    assert [x["num_instances"] for x in s["series"]] == [2, 1]
+    for r in results:
+        assert archive.blobs.exists(f"{st}/{r.series_uid}/{r.sop_instance_uid}.dcm")
+
+
+def test_duplicate_is_rejected_by_default_and_nothing_changes(archive: Archive) -> None:
+    data = instance(study_description="first")
+    assert archive.store(data).stored
+    again = archive.store(instance(sop=_sop(data), study=_study(data), series=_series(data),
+                                   study_description="second"))
+    assert again.status == status.DUPLICATE_SOP_INSTANCE
+    assert "duplicate" in (again.reason or "")
+    assert _study_row(archive, _study(data))["study_description"] == "first"
+    assert archive.blobs.read(archive.instances(_study(data))[0].blob_key) == data
+
+
+def test_duplicate_overwrites_with_a_warning_when_configured(archive: Archive) -> None:
+    archive.config = dataclasses.replace(archive.config, duplicates="overwrite")
+    data = instance(study_description="first")
+    archive.store(data)
+    newer = instance(sop=_sop(data), study=_study(data), series=_series(data), study_description="second")
+    r = archive.store(newer)
+    assert r.stored and r.warnings[0][0] == status.COERCION_OF_DATA_ELEMENTS
+    refs = archive.instances(_study(data))
+    assert len(refs) == 1
+    assert archive.blobs.read(refs[0].blob_key) == newer
+    assert _study_row(archive, _study(data))["num_instances"] == 1
+
+
+def test_overwrite_into_another_series_moves_the_instance(archive: Archive) -> None:
+    archive.config = ArchiveConfig(duplicates="overwrite")
+    data = instance()
+    archive.store(data)
+    moved = instance(sop=_sop(data), study=_study(data))  # new series UID
+    assert archive.store(moved).stored
+    s = _study_row(archive, _study(data))
+    assert s["num_series"] == 1 and s["series"][0]["series_uid"] != _series(data)
+    assert not archive.blobs.exists(f"{_study(data)}/{_series(data)}/{_sop(data)}.dcm")
+
+
+@pytest.mark.parametrize(("data", "expected"), [
+    (b"not dicom at all" * 20, status.CANNOT_UNDERSTAND),
+    (b"", status.CANNOT_UNDERSTAND),
+    (instance()[:-40], status.CANNOT_UNDERSTAND),  # cut inside Pixel Data
+    (instance()[:400], status.CANNOT_UNDERSTAND),
+    (instance(drop=("StudyInstanceUID",)), status.DATASET_DOES_NOT_MATCH_SOP_CLASS),
+    (instance(drop=("SeriesInstanceUID",)), status.DATASET_DOES_NOT_MATCH_SOP_CLASS),
+    (instance(drop=("SOPInstanceUID",)), status.DATASET_DOES_NOT_MATCH_SOP_CLASS),
+    (instance(study="1.2.abc"), status.DATASET_DOES_NOT_MATCH_SOP_CLASS),
+], ids=["text", "empty", "truncated-pixels", "truncated-header", "no-study", "no-series", "no-sop", "bad-uid"])
+def test_bad_input_fails_per_instance_and_stores_nothing(archive: Archive, data: bytes, expected: int) -> None:
+    r = archive.store(data)
+    assert r.status == expected, r.reason
+    assert r.reason
+    assert qido.search(archive.db, qido.QidoQuery("instance"))[0] == []
+    assert not any(archive.blobs.root.rglob("*.dcm"))  # type: ignore[attr-defined]
+
+
+def test_instance_over_the_size_limit_is_out_of_resources(archive: Archive) -> None:
+    archive.config = ArchiveConfig(max_instance_bytes=1000)
+    r = archive.store(instance(rows=64, columns=64))
+    assert r.status == status.OUT_OF_RESOURCES
+
+
+def test_non_storage_sop_class_is_not_supported(archive: Archive) -> None:
+    import io
+
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(instance()))
+    ds.SOPClassUID = "1.2.840.10008.1.1"  # Verification
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    assert archive.store(buf.getvalue()).status == status.SOP_CLASS_NOT_SUPPORTED
+
+
+def test_study_in_the_request_path_rejects_other_studies(archive: Archive) -> None:
+    r = archive.store(instance(), study_uid="1.2.3")
+    assert r.status == status.DATASET_DOES_NOT_MATCH_SOP_CLASS
+
+
+def test_index_failure_removes_that_instance_blob_and_keeps_the_others(archive: Archive,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    st = generate_uid()
+    bad = instance(study=st)
+    real = archive._index
+
+    def flaky(conn, p, key, size, old_pk, **kw):  # type: ignore[no-untyped-def]
+        if p.sop_uid == _sop(bad):
+            raise RuntimeError("index write failed")
+        return real(conn, p, key, size, old_pk, **kw)
+
+    monkeypatch.setattr(archive, "_index", flaky)
+    good = instance(study=st)
+    results = archive.store_many([good, bad])
+    assert results[0].stored
+    assert results[1].status == status.PROCESSING_FAILURE
+    assert not archive.blobs.exists(f"{st}/{_series(bad)}/{_sop(bad)}.dcm")
+    assert [r.sop_uid for r in archive.instances(st)] == [_sop(good)]
+
+
+def test_failed_commit_removes_every_new_blob(archive: Archive, monkeypatch: pytest.MonkeyPatch) -> None:
+    import medcloud.imaging.archive as mod
+
+    def broken(conn, pks, now):  # type: ignore[no-untyped-def]
+        raise RuntimeError("connection lost")
+
+    monkeypatch.setattr(mod, "_recount", broken)
+    results = archive.store_many([instance(), instance()])
+    assert all(r.status == status.OUT_OF_RESOURCES for r in results)
+    assert not any(archive.blobs.root.rglob("*.dcm"))  # type: ignore[attr-defined]
+    assert qido.search(archive.db, qido.QidoQuery("study"))[0] == []
+
+
+def test_every_pydicom_test_file_is_stored_or_refused_with_a_status(archive: Archive) -> None:
+    files = sorted(TEST_FILES.glob("*.dcm"))
+    assert len(files) > 50
+    results = archive.store_many([f.read_bytes() for f in files])
+    by_name = dict(zip((f.name for f in files), results, strict=True))
+    known = {0, status.DUPLICATE_SOP_INSTANCE, status.CANNOT_UNDERSTAND, status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+             status.SOP_CLASS_NOT_SUPPORTED}
+    assert {r.status for r in results} <= known
+    assert by_name["CT_small.dcm"].stored
+    assert by_name["no_meta.dcm"].status == status.CANNOT_UNDERSTAND
+    assert by_name["MR_truncated.dcm"].status != 0
+    stored = [r for r in results if r.stored]
+    assert len(stored) > 30
+    for r in stored:  # every stored instance has its file and its metadata
+        assert archive.blobs.exists(f"{r.study_uid}/{r.series_uid}/{r.sop_instance_uid}.dcm")
+        assert archive.metadata(r.study_uid, r.series_uid, r.sop_instance_uid)  # type: ignore[arg-type]
+
+
+def test_delete_instance_series_and_study_keep_counts_right(archive: Archive) -> None:
+    st, se1, se2 = generate_uid(), generate_uid(), generate_uid()
+    datas = [instance(study=st, series=se1), instance(study=st, series=se1), instance(study=st, series=se2)]
+    archive.store_many(datas)
+    assert archive.delete(st, se1, _sop(datas[0])) == 1
+    assert _study_row(archive, st)["num_instances"] == 2
+    assert not archive.blobs.exists(f"{st}/{se1}/{_sop(datas[0])}.dcm")
+    assert archive.delete(st, se2) == 1
+    s = _study_row(archive, st)
+    assert (s["num_series"], s["num_instances"]) == (1, 1)
+    assert archive.delete(st) == 1
+    assert archive.study_summary(st) is None
+    with pytest.raises(NotFound):
+        archive.delete(st)
+    with pytest.raises(NotFound):
+        archive.instances(st)
+
+
+def _uid(data: bytes, kw: str) -> str:
+    import io
+
+    import pydicom
+
+    return str(pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True).get(kw))
+
+
+def _sop(data: bytes) -> str:
+    return _uid(data, "SOPInstanceUID")
+
+
+def _study(data: bytes) -> str:
+    return _uid(data, "StudyInstanceUID")
+
+
+def _series(data: bytes) -> str:
+    return _uid(data, "SeriesInstanceUID")
+
+
+def test_concurrent_stores_of_one_patient_all_succeed(archive: Archive) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    studies = [generate_uid() for _ in range(4)]
+    batches = [[instance(study=st, patient_id="SAME"), instance(study=st, patient_id="SAME")] for st in studies]
+    with ThreadPoolExecutor(4) as pool:
+        results = [r for rs in pool.map(archive.store_many, batches) for r in rs]
+    assert all(r.stored for r in results), [r.reason for r in results if not r.stored]
+    found, _ = qido.search(archive.db, qido.parse_query("study", [("PatientID", "SAME")]))
+    assert len(found) == 4
+
+
+def test_study_becomes_stable_after_the_quiet_period_and_again_after_changes(archive: Archive) -> None:
+    now = [1_000_000_000_000]
+    archive.clock = lambda: now[0]
+    fired: list[list[str]] = []
+    archive.on_stable.append(fired.append)
+    st = generate_uid()
+    archive.store(instance(study=st))
+    assert archive.mark_stable() == []  # not quiet yet
+    now[0] += 5_000_000
+    assert archive.mark_stable() == [st]
+    assert archive.mark_stable() == []  # fires once
+    archive.store(instance(study=st))
+    now[0] += 4_000_000
+    assert archive.mark_stable() == []
+    now[0] += 1_000_000
+    assert archive.mark_stable() == [st]
+    assert fired == [[st], [st]]
