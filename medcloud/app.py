@@ -41,6 +41,8 @@ class Services:
 
         worker = Worker(JobQueue(self.db, clock=self.fhir.clock), {export.KIND: export.job_handler(self.fhir)})
         worker.idle_hooks.append(_every(60.0, lambda: export.purge_expired(self.fhir)))
+        # Planner statistics: search plans go badly wrong without them after bulk loads.
+        worker.idle_hooks.append(_every(10.0, _analyze_when_grown(self.db)))
         if self.imaging is not None:
             worker.idle_hooks.append(_every(1.0, self.imaging.mark_stable))
         return worker
@@ -102,6 +104,24 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
     )
     app.state.services = svc
     return app
+
+
+def _analyze_when_grown(db: Database) -> Callable[[], None]:
+    """Re-analyze once the store has grown by a fifth (and 1,000 resources) since the last time."""
+    from sqlalchemy import func, select
+
+    from medcloud.storage.schema import resources
+
+    seen = [-1]
+
+    def check() -> None:
+        with db.read() as conn:
+            top = conn.execute(select(func.coalesce(func.max(resources.c.rid), 0))).scalar_one()
+        if seen[0] < 0 or top > seen[0] * 1.2 + 1000:
+            db.analyze()
+            seen[0] = top
+
+    return check
 
 
 def _every(seconds: float, fn: Callable[[], object]) -> Callable[[], None]:

@@ -89,6 +89,8 @@ def load(
                 progress.update(task, advance=nbytes, resources=t.fields["resources"] + stored)
 
             summary = loader.load(files, sender, concurrency=concurrency, batch_size=batch_size, on_progress=advance)
+        if services is not None:
+            services.db.analyze()  # fresh planner statistics after a bulk load
     finally:
         if isinstance(sender, loader.Remote):
             sender.close()

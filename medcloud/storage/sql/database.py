@@ -68,6 +68,18 @@ class Database:
     def dispose(self) -> None:
         self.engine.dispose()
 
+    def analyze(self) -> None:
+        """Refresh the query planner's statistics (search plans depend on them).
+
+        SQLite: ``PRAGMA optimize`` (analyzes only tables whose statistics went stale, cheap when
+        nothing changed); PostgreSQL: ``ANALYZE``, since autovacuum may be off or lag behind bulk loads.
+        """
+        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            if self.is_sqlite:
+                conn.exec_driver_sql("PRAGMA optimize=0x10002")
+            else:
+                conn.exec_driver_sql("ANALYZE")
+
     def prepared(self, stmt: Executable) -> Prepared:
         return Prepared(self, stmt)
 
