@@ -164,6 +164,14 @@ def _operation(req: FhirRequest, method: str, name: str, target: Target) -> Rout
                  lambda c, conn, r: op.handler(c, conn, r, target), own_transaction=op.own_transaction)
 
 
+def is_single_read(req: FhirRequest) -> bool:
+    """``GET [type]/[id]``: one indexed lookup, cheap enough to answer without a thread hop."""
+    if req.method != "GET":
+        return False
+    parts = req.path.split("/")
+    return len(parts) == 2 and parts[0] in _TYPES and not parts[1].startswith(("$", "_"))
+
+
 def dispatch(ctx: FhirContext, conn: Connection, req: FhirRequest) -> FhirResponse:
     """Run one request on an open transaction (used by batch/transaction for each entry).
 

@@ -71,6 +71,7 @@ class AuditTrail:
         self._max_batch = max_batch
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._stop = threading.Event()
 
     def record(self, r: AuditRecord) -> None:
         self._ensure_started()
@@ -87,25 +88,21 @@ class AuditTrail:
                     self._thread.start()
 
     def _run(self) -> None:
+        # Poll on a timer instead of blocking in get(): a blocked consumer is woken by every
+        # put(), which costs a thread switch per request on the hot read path.
         while True:
-            batch: list[AuditRecord] = []
-            try:
-                item = self._queue.get(timeout=self._flush_every)
-            except queue.Empty:
-                continue
-            stop = item is None
-            if item is not None:
-                batch.append(item)
-            while len(batch) < self._max_batch:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
+            stop = self._stop.wait(self._flush_every)
+            while True:
+                batch: list[AuditRecord] = []
+                while len(batch) < self._max_batch:
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is not None:
+                        batch.append(item)
+                if not batch:
                     break
-                if item is None:
-                    stop = True
-                    break
-                batch.append(item)
-            if batch:
                 self._write(batch)
             if stop:
                 return
@@ -124,6 +121,7 @@ class AuditTrail:
 
     def close(self) -> None:
         if self._thread is not None:
-            self._queue.put(None)
+            self._stop.set()
             self._thread.join(timeout=10)
             self._thread = None
+            self._stop.clear()
