@@ -68,7 +68,9 @@ def _restrict(expression: str | None, rtype: str, bases: list[str]) -> str | Non
 
 
 def _split_union(expression: str) -> list[str]:
-    parts, depth, cur, quote = [], 0, [], False
+    parts: list[str] = []
+    cur: list[str] = []
+    depth, quote = 0, False
     for ch in expression:
         if ch == "'":
             quote = not quote

@@ -7,7 +7,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Executable, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.sql import ClauseElement
 
 from medcloud.storage.sql.dialect import Dialect, dialect_for
 
@@ -80,7 +81,7 @@ class Database:
             else:
                 conn.exec_driver_sql("ANALYZE")
 
-    def prepared(self, stmt: Executable) -> Prepared:
+    def prepared(self, stmt: ClauseElement) -> Prepared:
         return Prepared(self, stmt)
 
 
@@ -92,8 +93,8 @@ class Prepared:
     statement is atomic on its own); rows come back as plain tuples without type processing.
     """
 
-    def __init__(self, db: Database, stmt: Executable):
-        compiled = stmt.compile(dialect=db.engine.dialect)
+    def __init__(self, db: Database, stmt: ClauseElement):
+        compiled: Any = stmt.compile(dialect=db.engine.dialect)  # a SQLCompiler: .positional, .positiontup
         self._db = db
         self._sql = str(compiled)
         self._order = tuple(compiled.positiontup) if compiled.positional and compiled.positiontup else None
