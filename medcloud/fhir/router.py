@@ -45,7 +45,7 @@ def resolve(req: FhirRequest) -> Route:
     m = req.method.upper()
     if m == "HEAD":
         m = "GET"
-    types = _types()
+    types = _TYPES
     n = len(parts)
 
     if n == 0:
@@ -127,10 +127,6 @@ def resolve(req: FhirRequest) -> Route:
         return Route("search-compartment", third, None, False,
                      lambda c, conn, r: search.search_compartment(c, conn, r, rtype, rid_id, third))
     raise NotFound(f"unknown path {req.path!r}")
-
-
-def _types() -> frozenset[str]:
-    return _TYPES
 
 
 _TYPES = frozenset(resource_types())
