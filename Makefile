@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup serve test bench lint check fmt clean spec
+.PHONY: setup serve test dcmtk bench lint check fmt clean spec
 
 setup: $(STAMP)
 
@@ -19,8 +19,13 @@ $(STAMP): pyproject.toml
 serve: setup
 	$(BIN)/medcloud serve
 
-test: setup
+test: setup dcmtk
 	$(BIN)/python -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
+
+# dcmtk (echoscu, storescu, findscu, movescu, getscu, storescp): the DIMSE interop peers of
+# tests/imaging/dimse and bench/dimse.py.
+dcmtk:
+	@command -v storescu >/dev/null || (apt-get update && apt-get install -y dcmtk)
 
 bench: setup
 	@command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)

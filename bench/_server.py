@@ -58,6 +58,7 @@ class Server:
             str(self.port),
             "--workers",
             str(workers),
+            "--no-auth",  # the issue-3 figures are FHIR work; bench/auth.py measures what auth adds
         ]
         if db_url:
             self.command += ["--db", db_url]

@@ -5,12 +5,69 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+
+class OidcIssuer(BaseModel):
+    """An external OpenID Connect provider whose JWT access tokens medcloud accepts (Keycloak, Entra ID...)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    issuer: str  # must equal the token's ``iss`` exactly
+    audience: str | list[str]  # the token's ``aud`` must contain one of these
+    # Key set URL; empty = read ``jwks_uri`` from ``<issuer>/.well-known/openid-configuration``.
+    jwks_uri: str | None = None
+    algorithms: list[str] = Field(default_factory=lambda: ["RS256", "RS384", "ES256", "ES384"])
+    scope_claim: str = "scope"  # space-separated string or list; ``scp`` (Entra ID) is read too
+    patient_claim: str = "patient"
+    subject_claim: str = "sub"
+    # IdP scope/role name -> SMART scopes (space separated), for IdPs that cannot name scopes
+    # ``patient/Observation.rs`` (Entra ID app roles, e.g. {"FHIR.Read" = "user/*.rs"}).
+    scope_map: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("issuer", "audience")
+    @classmethod
+    def _not_empty(cls, v: str | list[str]) -> str | list[str]:
+        if not v or (isinstance(v, list) and not all(v)):
+            raise ValueError("must not be empty")
+        return v
+
+    @field_validator("algorithms")
+    @classmethod
+    def _asymmetric(cls, v: list[str]) -> list[str]:
+        # HS* would verify with a shared secret; an IdP's published keys are public.
+        bad = [a for a in v if a not in _SIGNATURE_ALGORITHMS]
+        if bad or not v:
+            raise ValueError(f"accepted algorithms are {', '.join(sorted(_SIGNATURE_ALGORITHMS))}; not {bad or v}")
+        return v
+
+
+_SIGNATURE_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512",
+                                   "EdDSA"})
+
+
+class RemoteAE(BaseModel):
+    """A DICOM peer medcloud talks DIMSE to (C-MOVE destination, SCU target, allowed calling AE)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    title: str = Field(min_length=1, max_length=16)  # AE title (PS3.5 AE VR: 16 chars, no backslash)
+    host: str
+    port: int = Field(ge=1, le=65535)
+
+    @field_validator("title")
+    @classmethod
+    def _ae_title(cls, v: str) -> str:
+        v = v.strip()
+        if not v or "\\" in v or any(ord(c) < 32 for c in v):
+            raise ValueError("an AE title is 1-16 characters without backslash or control characters")
+        return v
 
 
 class Settings(BaseSettings):
@@ -36,6 +93,23 @@ class Settings(BaseSettings):
     db_pool_size: int = 8
     export_ttl: int = 24 * 3600
     log_level: str = "info"
+    # Security (issue 4, docs/security.md). ``auth = false`` (``serve --no-auth``) is loopback only.
+    auth: bool = True
+    access_token_ttl: int = 300  # seconds
+    # Public base of this server as clients see it (https://fhir.example.org); empty = from host/port.
+    public_url: str = ""
+    oidc_issuers: list[OidcIssuer] = Field(default_factory=list)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    master_key_file: Path | None = None  # default DATA_DIR/master.key
+    # Envelope-encrypt DICOM instances and $export files under DATA_DIR (docs/security.md).
+    encrypt_at_rest: bool = True
+    # DIMSE (issue 5, docs/imaging.md "DIMSE"): the SCP port (0 = off), our AE title, known peers;
+    # calling AE titles not in ``dicom_remotes`` are refused unless ``dicom_allow_unknown``.
+    dicom_port: int = Field(default=11112, ge=0, le=65535)
+    dicom_ae_title: str = Field(default="MEDCLOUD", min_length=1, max_length=16)
+    dicom_remotes: list[RemoteAE] = Field(default_factory=list)
+    dicom_allow_unknown: bool = False
 
     @classmethod
     def settings_customise_sources(
@@ -53,6 +127,26 @@ class Settings(BaseSettings):
         if self.db:
             return normalise_db_url(self.db)
         return f"sqlite:///{(self.data_dir / 'medcloud.db').resolve()}"
+
+    @property
+    def public_base(self) -> str:
+        """``public_url``, or ``http(s)://host:port`` (a wildcard bind address reads as localhost)."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = "localhost" if self.host in ("", "0.0.0.0", "::") else self.host
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return f"{'https' if self.tls_cert else 'http'}://{host}:{self.port}"
+
+    @property
+    def auth_issuer(self) -> str:
+        """The ``iss`` of access tokens medcloud issues itself."""
+        return self.public_base + "/auth"
+
+    @property
+    def fhir_audience(self) -> str:
+        """The ``aud`` access tokens for this server carry: the FHIR base URL."""
+        return self.base_url.rstrip("/") if self.base_url else self.public_base + "/fhir"
 
     def with_overrides(self, **changes: Any) -> Settings:
         values = self.model_dump()

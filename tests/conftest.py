@@ -89,7 +89,9 @@ def _migrate_once(url: str) -> None:
 
 @pytest.fixture
 def settings(backend: str, tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", db=backend)
+    # auth=False: the suite exercises FHIR/DICOM behaviour, not tokens; tests/security/test_edge_auth.py
+    # runs the same apps with authentication on.
+    return Settings(data_dir=tmp_path / "data", db=backend, auth=False)
 
 
 @pytest.fixture

@@ -51,6 +51,13 @@ def main() -> None:
     types = sorted(bases | R4_TYPES_WITHOUT_SEARCH_PARAMS)
     assert len(types) == 146, len(types)  # R4 ResourceType value set minus Resource, DomainResource
     (OUT / "resource_types.json").write_text(json.dumps({**header, "resource_types": types}, indent=0))
+    # Value sets and code systems for token :in/:not-in/:above/:below (medcloud/fhir/terminology.py):
+    # only the elements expansion and subsumption read.
+    keep = ("resourceType", "url", "version", "content", "compose", "expansion", "concept")
+    terms = [{k: r[k] for k in keep if k in r} for e in json.loads((spec / "valuesets.json").read_bytes())["entry"]
+             if (r := e["resource"])["resourceType"] in ("ValueSet", "CodeSystem")]
+    (OUT / "valuesets.json.gz").write_bytes(gzip.compress(json.dumps(terms, separators=(",", ":")).encode(),
+                                                          compresslevel=9, mtime=0))
     print(f"wrote {len(params)} search parameters, {len(types)} resource types to {OUT}")
 
 

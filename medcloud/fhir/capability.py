@@ -12,10 +12,11 @@ from medcloud.fhir.operations import OPERATIONS
 
 # What is partial today, said where clients look (docs/fhir.md has the same list).
 LIMITATIONS = (
-    "JSON only (no XML). Not supported: _text, _content, _list, _filter, _query; token modifiers "
-    ":in, :not-in, :above, :below; UCUM conversion in quantity search; compartment search other than "
-    "Patient; $everything start/end; $export _typeFilter and _elements; $validate profile checking. "
-    "No authentication yet: bind to loopback."
+    "JSON only (no XML). Not supported: _list, _filter, _query; UCUM conversion in quantity search; "
+    "compartment search other than Patient; $export _typeFilter and _elements; $validate profile "
+    "checking. _text and _content are unindexed case-insensitive substring matches. Token "
+    ":in/:not-in/:above/:below use the R4 value sets and code systems plus ValueSet/CodeSystem "
+    "resources stored here (no external terminology server: filters over SNOMED CT or LOINC are refused)."
 )
 
 INTERACTIONS = ("read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create",
@@ -36,8 +37,26 @@ def capability_statement(ctx: FhirContext, base_url: str) -> dict[str, Any]:
            if "export" in OPERATIONS else {}),
         "format": ["application/fhir+json", "json"],
         "patchFormat": ["application/json-patch+json", "application/fhir+json"],
-        "rest": [_rest()],
+        "rest": [{**_rest(), **_security(ctx, base_url)}],
     }
+
+
+def _security(ctx: FhirContext, base_url: str) -> dict[str, Any]:
+    """``rest.security``: SMART App Launch (OAuth2) when authentication is on (SMART's oauth-uris extension)."""
+    if not getattr(ctx.settings, "auth", True):
+        return {"security": {"cors": False, "description": "Authentication is switched off (--no-auth, loopback only)."}}
+    auth = base_url.rstrip("/").rsplit("/fhir", 1)[0] + "/auth"
+    uris = [("token", "token"), ("authorize", "authorize"), ("introspect", "introspect"), ("revoke", "revoke")]
+    return {"security": {
+        "cors": False,
+        "service": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                                 "code": "SMART-on-FHIR"}]}],
+        "description": "OAuth2 bearer tokens: SMART App Launch v2 (authorization code + PKCE), SMART Backend "
+                       "Services (client_credentials with private_key_jwt or a client secret), or JWTs of a "
+                       "configured OpenID Connect issuer. See .well-known/smart-configuration.",
+        "extension": [{"url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+                       "extension": [{"url": name, "valueUri": f"{auth}/{path}"} for name, path in uris]}],
+    }}
 
 
 @cache
@@ -48,7 +67,8 @@ def _rest() -> dict[str, Any]:
         "documentation": LIMITATIONS,
         "interaction": [{"code": c} for c in ("transaction", "batch", "search-system", "history-system")],
         "searchParam": [
-            {"name": n, "type": t} for n, t in (("_id", "token"), ("_lastUpdated", "date"), ("_type", "token"))
+            {"name": n, "type": t} for n, t in (("_id", "token"), ("_lastUpdated", "date"), ("_type", "token"),
+                                               ("_text", "string"), ("_content", "string"))
         ],
         "operation": [{"name": o.name, "definition": o.canonical()} for o in ops if o.system and o.listed],
         "resource": [_resource(t, ops) for t in resource_types()],
@@ -57,6 +77,11 @@ def _rest() -> dict[str, Any]:
 
 def _resource(rtype: str, ops: list[Any]) -> dict[str, Any]:
     params = search_params(rtype)
+    if rtype == "AuditEvent":  # served from the append-only audit trail: admins read, nobody writes
+        return {"type": rtype, "profile": f"http://hl7.org/fhir/StructureDefinition/{rtype}",
+                "interaction": [{"code": "read"}, {"code": "search-type"}],
+                "documentation": "The hash-chained audit trail (docs/security.md): readable by administrators "
+                                 "(scope medcloud/admin), never writable through the API."}
     return {
         "type": rtype,
         "profile": f"http://hl7.org/fhir/StructureDefinition/{rtype}",

@@ -31,6 +31,8 @@ DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Data directory
 DbUrl = Annotated[str | None, typer.Option("--db", help="Database URL, e.g. postgresql://user@host/db.")]
 Server = Annotated[str | None, typer.Option("--server", help="FHIR base URL of a running server (default: "
                                                              "work on the data dir/database directly).")]
+Token = Annotated[str | None, typer.Option("--token", envvar="MEDCLOUD_TOKEN", show_envvar=True,
+                                           help="Bearer access token for --server.")]
 
 
 def register(app: typer.Typer) -> None:
@@ -63,6 +65,7 @@ def load(
     db: DbUrl = None,
     concurrency: Annotated[int, typer.Option(min=1, help="Bundles in flight at once.")] = 2,
     batch_size: Annotated[int, typer.Option(min=1, help="NDJSON resources per batch Bundle.")] = 500,
+    token: Token = None,
 ) -> None:
     """Load transaction/batch Bundles, NDJSON files and directories of them."""
     from medcloud.fhir import loader
@@ -72,7 +75,9 @@ def load(
     total = sum(f.stat().st_size for f in files if f.is_file())
     services = None
     if server:
-        sender: Any = loader.Remote(server)
+        import httpx
+
+        sender: Any = loader.Remote(server, client=httpx.Client(timeout=600.0, headers=_bearer(token)))
     else:
         from medcloud.app import build_services
 
@@ -116,13 +121,14 @@ def export(
     server: Server = None,
     data_dir: DataDir = None,
     db: DbUrl = None,
+    token: Token = None,
 ) -> None:
     """Bulk-export resources as NDJSON files (one or more per type) into a folder."""
     type_list = sorted({t.strip() for v in types or [] for t in v.split(",") if t.strip()}) or None
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     try:
-        files = _export_remote(server, out, type_list, since) if server else _export_local(
+        files = _export_remote(server, out, type_list, since, token) if server else _export_local(
             out, type_list, since, data_dir, db)
     except _ExportFailed as e:
         console.print(f"[red]export failed:[/red] {e}", highlight=False)
@@ -164,13 +170,14 @@ def _export_local(out: Path, types: list[str] | None, since: str | None, data_di
     return [(f["type"], f["name"], f["count"]) for f in result["output"]]
 
 
-def _export_remote(server: str, out: Path, types: list[str] | None, since: str | None) -> list[tuple[str, str, int]]:
+def _export_remote(server: str, out: Path, types: list[str] | None, since: str | None,
+                   token: str | None = None) -> list[tuple[str, str, int]]:
     """The Bulk Data async protocol: kick-off, poll the status URL, download, then DELETE the job."""
     import httpx
 
     base = server.rstrip("/")
     params = {k: v for k, v in (("_type", ",".join(types) if types else None), ("_since", since)) if v}
-    with httpx.Client(timeout=600.0) as client:
+    with httpx.Client(timeout=600.0, headers=_bearer(token)) as client:
         r = client.get(f"{base}/$export", params=params,
                        headers={"Prefer": "respond-async", "Accept": "application/fhir+json"})
         if r.status_code != 202:
@@ -203,6 +210,10 @@ def _export_remote(server: str, out: Path, types: list[str] | None, since: str |
             files.append((item["type"], name, int(item.get("count", 0))))
         client.delete(status_url)  # the server may delete the files now (export.html#bulk-data-delete-request)
     return files
+
+
+def _bearer(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 def _text(r: Any) -> str:

@@ -15,7 +15,9 @@ from medcloud.storage.sql.database import Database
 if TYPE_CHECKING:
     from medcloud.fhir.indexing import Indexer
     from medcloud.fhir.paging import CursorCodec
+    from medcloud.security.at_rest import AtRest
     from medcloud.security.guard import Guard
+    from medcloud.security.http import EdgeAuth
 
 
 def _now_us() -> int:
@@ -36,3 +38,7 @@ class FhirContext:
     store: ResourceStore = field(default_factory=ResourceStore)
     clock: Callable[[], int] = _now_us  # microseconds since the epoch, UTC
     new_id: Callable[[], str] = _new_id
+    # Authentication shared by the app's HTTP edges (one token cache); built by ``EdgeAuth.of``.
+    edge_auth: EdgeAuth | None = None
+    # Encryption of the files kept under DATA_DIR (export NDJSON; DICOM via the archive's blob store).
+    at_rest: AtRest | None = None

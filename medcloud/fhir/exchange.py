@@ -7,7 +7,7 @@ the same request sent alone (cf. Medplum's fhir-router).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,9 +24,13 @@ class Principal:
     scopes: tuple[str, ...] = ()
     patient: str | None = None
     source_ip: str | None = None
+    fhir_user: str | None = None  # the token's ``fhirUser`` claim (SMART), e.g. "Practitioner/123"
 
 
-SYSTEM = Principal(subject="system", client_id="medcloud")
+# medcloud itself (loader, imaging link, CLI export): full access, recorded as "system".
+SYSTEM = Principal(subject="system", client_id="medcloud", scopes=("system/*.cruds", "medcloud/admin"))
+# Who asks when authentication is switched off (``--no-auth``, loopback only).
+ANONYMOUS_SCOPES = ("system/*.cruds", "medcloud/admin")
 
 
 @dataclass(slots=True)
@@ -67,6 +71,8 @@ class FhirResponse:
     # A body other than FHIR JSON: a file streamed from disk (Bulk Data NDJSON) and/or its media type.
     file: Path | None = None
     media_type: str | None = None
+    # A body produced while it is sent (a decrypted export file); give Content-Length in ``headers``.
+    stream: Iterator[bytes] | None = None
 
 
 def operation_outcome(issues: list[Issue]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from urllib.parse import parse_qsl
 import orjson
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response
+from starlette.responses import FileResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from medcloud.errors import (
@@ -21,11 +21,13 @@ from medcloud.errors import (
     MedcloudError,
     NotAcceptable,
     TooLarge,
+    Unauthorized,
     UnsupportedMedia,
 )
 from medcloud.fhir import router
 from medcloud.fhir.context import FhirContext
-from medcloud.fhir.exchange import FhirRequest, FhirResponse, Principal, error_response
+from medcloud.fhir.exchange import FhirRequest, FhirResponse, error_response
+from medcloud.security.http import PUBLIC_FHIR, EdgeAuth, unauthorized_response
 
 FHIR_JSON = "application/fhir+json"
 JSON_TYPES = ("application/fhir+json", "application/json", "text/json", "application/json-patch+json")
@@ -36,8 +38,10 @@ NDJSON_TYPES = ("application/fhir+ndjson", "application/ndjson", "ndjson")
 
 
 def routes(ctx: FhirContext, prefix: str = "/fhir") -> list[Route]:
+    auth = EdgeAuth.of(ctx)
+
     async def endpoint(request: Request) -> Response:
-        return await _serve(ctx, request, prefix)
+        return await _serve(ctx, request, prefix, auth)
 
     methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
     return [
@@ -46,7 +50,13 @@ def routes(ctx: FhirContext, prefix: str = "/fhir") -> list[Route]:
     ]
 
 
-async def _serve(ctx: FhirContext, request: Request, prefix: str) -> Response:
+async def _serve(ctx: FhirContext, request: Request, prefix: str, auth: EdgeAuth) -> Response:
+    path = request.path_params.get("path", "").strip("/")
+    try:  # before the body is read: an anonymous client cannot make us read a large upload
+        public = path in PUBLIC_FHIR and request.method in ("GET", "HEAD")
+        principal = auth.public(request) if public else await auth.principal(request)
+    except Unauthorized as e:
+        return unauthorized_response(e)
     query = list(parse_qsl(request.url.query, keep_blank_values=True))
     pretty = any(k == "_pretty" and v == "true" for k, v in query)
     try:
@@ -56,13 +66,13 @@ async def _serve(ctx: FhirContext, request: Request, prefix: str) -> Response:
             query.extend(form)
         req = FhirRequest(
             method=request.method,
-            path=request.path_params.get("path", "").strip("/"),
+            path=path,
             query=[(k, v) for k, v in query if k not in ("_format", "_pretty")],
             headers={k.lower(): v for k, v in request.headers.items()},
             body=body,
             content_type=content_type,
             base_url=_base_url(ctx, request, prefix),
-            principal=_principal(request),
+            principal=principal,
         )
     except MedcloudError as e:
         return _render(error_response(e), FHIR_JSON, pretty, head=False)
@@ -139,15 +149,14 @@ def _base_url(ctx: FhirContext, request: Request, prefix: str) -> str:
     return f"{request.url.scheme}://{request.url.netloc}{prefix}"
 
 
-def _principal(request: Request) -> Principal:
-    client = request.client
-    return Principal(subject="anonymous", source_ip=client.host if client else None)
-
-
 def _render(resp: FhirResponse, media: str, pretty: bool, *, head: bool) -> Response:
     headers = dict(resp.headers)
     if resp.file is not None:  # streamed from disk in chunks; FileResponse answers HEAD without a body
         return FileResponse(resp.file, status_code=resp.status, headers=headers, media_type=resp.media_type)
+    if resp.stream is not None:  # decrypted as it is sent (security/at_rest.py)
+        if head:
+            return Response(status_code=resp.status, headers=headers, media_type=resp.media_type)
+        return StreamingResponse(resp.stream, status_code=resp.status, headers=headers, media_type=resp.media_type)
     if resp.media_type is not None:
         media = resp.media_type
     if resp.raw is not None:

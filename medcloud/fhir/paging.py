@@ -17,7 +17,8 @@ from typing import Any
 import orjson
 from sqlalchemy import select
 
-from medcloud.errors import Gone, Invalid
+from medcloud.errors import Forbidden, Gone, Invalid
+from medcloud.fhir.exchange import Principal
 from medcloud.storage.schema import server_state
 from medcloud.storage.sql.database import Database
 
@@ -37,12 +38,13 @@ class CursorCodec:
                 self._key = conn.execute(select(server_state.c.value).where(server_state.c.key == _KEY_NAME)).scalar_one()
         return self._key
 
-    def encode(self, state: dict[str, Any], now_us: int) -> str:
-        payload = orjson.dumps({"s": state, "exp": now_us + self._ttl_us})
+    def encode(self, state: dict[str, Any], now_us: int, principal: Principal | None = None) -> str:
+        """``principal`` binds the link to who asked: replayed with another token, it is refused."""
+        payload = orjson.dumps({"s": state, "exp": now_us + self._ttl_us, "w": _who(principal)})
         sig = hmac.new(self.signing_key(), payload, hashlib.sha256).digest()[:16]
         return base64.urlsafe_b64encode(sig + payload).decode().rstrip("=")
 
-    def decode(self, token: str, now_us: int) -> dict[str, Any]:
+    def decode(self, token: str, now_us: int, principal: Principal | None = None) -> dict[str, Any]:
         try:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         except (ValueError, TypeError) as e:
@@ -53,5 +55,12 @@ class CursorCodec:
         data = orjson.loads(payload)
         if data["exp"] < now_us:
             raise Gone("this paging link has expired; run the search again")
+        if data.get("w") != _who(principal):
+            raise Forbidden("this paging link was issued to someone else")
         state: dict[str, Any] = data["s"]
         return state
+
+
+def _who(p: Principal | None) -> list[Any] | None:
+    """What a link is bound to: the user, the client, the launch patient and the scopes."""
+    return None if p is None else [p.subject, p.client_id, p.patient, sorted(p.scopes)]

@@ -70,6 +70,10 @@ def resolve(req: FhirRequest) -> Route:
         if n != 1:
             raise NotFound(f"unknown path {req.path!r}")
         return _operation(req, m, head[1:], Target())
+    if head == "AuditEvent":  # served from the audit trail, admins only, never written (security/audit_api.py)
+        from medcloud.security import audit_api
+
+        return audit_api.resolve(req, m, parts)
     if head not in types:
         raise NotFound(f"unknown resource type {head!r}")
     rtype = head
@@ -224,9 +228,11 @@ def handle(ctx: FhirContext, req: FhirRequest) -> FhirResponse:
     except Exception:
         log.exception("unhandled error on %s %s", req.method, req.path)
         resp = error_response(MedcloudError("internal error; see the server log"))
-    if not req.in_bundle:
-        audit(ctx, req, route.interaction if route else "unknown", route.rtype if route else None,
-              route.rid_id if route else None, resp.status)
+    # A write (or a refused write attempt) is on disk before its response goes out; a batch entry's
+    # record is committed with the batch's own, right after.
+    audit(ctx, req, route.interaction if route else "unknown", route.rtype if route else None,
+          route.rid_id if route else None, resp.status,
+          durable=not req.in_bundle and (route.writes if route else req.method in WRITE_METHODS))
     return resp
 
 
@@ -256,7 +262,7 @@ def apply_prefer(req: FhirRequest, resp: FhirResponse) -> FhirResponse:
 
 
 def audit(ctx: FhirContext, req: FhirRequest, interaction: str, rtype: str | None, rid_id: str | None,
-          status: int) -> None:
+          status: int, *, durable: bool = False) -> None:
     """Record one AuditEvent-shaped entry for an interaction (a whole request or one Bundle entry)."""
     p = req.principal
     resource = (f"{rtype}/{rid_id}" if rid_id else rtype) if rtype else None
@@ -270,5 +276,6 @@ def audit(ctx: FhirContext, req: FhirRequest, interaction: str, rtype: str | Non
             resource=resource,
             patient=p.patient,
             status=status,
+            durable=durable,
         )
     )

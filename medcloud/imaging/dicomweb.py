@@ -20,14 +20,24 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from medcloud.config import Settings
-from medcloud.errors import Invalid, MedcloudError, NotAcceptable, NotFound, TooLarge, UnsupportedMedia
+from medcloud.errors import (
+    Invalid,
+    MedcloudError,
+    NotAcceptable,
+    NotFound,
+    TooLarge,
+    Unauthorized,
+    UnsupportedMedia,
+)
 from medcloud.fhir.context import FhirContext
-from medcloud.fhir.exchange import STATUS_BY_CATEGORY
+from medcloud.fhir.exchange import STATUS_BY_CATEGORY, Principal
 from medcloud.imaging import qido, render
 from medcloud.imaging._multipart import media_type, new_boundary, parse_related, write_related
+from medcloud.imaging.access import ImagingAccess
 from medcloud.imaging.archive import Archive, ArchiveConfig, InstanceRef, StoreResult
-from medcloud.imaging.blobs import LocalBlobStore, valid_uid
+from medcloud.imaging.blobs import BlobStore, LocalBlobStore, SealedBlobStore, valid_uid
 from medcloud.imaging.fhir_link import ImagingStudyLink
+from medcloud.security.http import EdgeAuth, unauthorized_response
 from medcloud.storage.sql.database import Database
 
 log = logging.getLogger("medcloud.dicomweb")
@@ -43,7 +53,10 @@ def build_archive(settings: Settings, db: Database, fhir_ctx: FhirContext | None
                   config: ArchiveConfig | None = None) -> Archive:
     """The archive for a server: blobs under ``data_dir/dicom``, index in ``db``, ImagingStudy link to FHIR."""
     # The index tables come from migration 0002 (run by build_services / ``medcloud db upgrade``).
-    archive = Archive(db, LocalBlobStore(settings.data_dir / "dicom"), config or ArchiveConfig())
+    blobs: BlobStore = LocalBlobStore(settings.data_dir / "dicom")
+    if fhir_ctx is not None and fhir_ctx.at_rest is not None:
+        blobs = SealedBlobStore(blobs, fhir_ctx.at_rest)  # encryption at rest (security/at_rest.py)
+    archive = Archive(db, blobs, config or ArchiveConfig())
     if fhir_ctx is not None:
         archive.clock = fhir_ctx.clock
         archive.on_change.append(ImagingStudyLink(archive, fhir_ctx))
@@ -51,13 +64,21 @@ def build_archive(settings: Settings, db: Database, fhir_ctx: FhirContext | None
 
 
 def routes(services_or_archive: Any, prefix: str = "/dicomweb") -> list[Route]:
-    """Starlette routes for DICOMweb. Pass an ``Archive``, or the app's ``Services`` (one is built)."""
+    """Starlette routes for DICOMweb. Pass an ``Archive``, or the app's ``Services`` (one is built).
+
+    With ``Services`` the routes authenticate like the FHIR edge (security/http.py); a bare
+    ``Archive`` (embedding, tests) has no settings and serves without authentication.
+    """
+    auth = None
+    access = None
     if isinstance(services_or_archive, Archive):
         archive = services_or_archive
     else:
         svc = services_or_archive
         archive = getattr(svc, "imaging", None) or build_archive(svc.settings, svc.db, svc.fhir)
-    web = _DicomWeb(archive, prefix)
+        auth = EdgeAuth.of(svc.fhir)
+        access = ImagingAccess(svc.fhir)
+    web = _DicomWeb(archive, prefix, auth, access)
     p = prefix
     s, se, i = "{study}", "{series}", "{instance}"
     get, post, delete = ["GET", "HEAD"], ["POST"], ["DELETE"]
@@ -84,18 +105,29 @@ def routes(services_or_archive: Any, prefix: str = "/dicomweb") -> list[Route]:
 
 
 class _DicomWeb:
-    def __init__(self, archive: Archive, prefix: str):
+    def __init__(self, archive: Archive, prefix: str, auth: EdgeAuth | None = None,
+                 access: ImagingAccess | None = None):
         self.archive = archive
         self.prefix = prefix
+        self.auth = auth
+        self.access = access
 
     def wrap(self, fn: Handler) -> Handler:
         async def endpoint(request: Request) -> Response:
             try:
+                principal = None
+                if self.auth is not None:  # before the body: no anonymous multi-GB STOW uploads
+                    principal = await self.auth.principal(request)
                 for name in ("study", "series", "instance"):
                     uid = request.path_params.get(name)
                     if uid is not None and not valid_uid(uid):
                         raise Invalid(f"{uid!r} is not a valid {name} UID")
+                request.state.studies = None
+                if self.access is not None and principal is not None:
+                    request.state.studies = await run_in_threadpool(self._authorize, request, principal)
                 return await fn(request)
+            except Unauthorized as e:
+                return unauthorized_response(e)
             except MedcloudError as e:
                 return _error(e)
             except Exception:
@@ -103,6 +135,20 @@ class _DicomWeb:
                 return _error(MedcloudError("internal error; see the server log"))
 
         return endpoint
+
+    def _authorize(self, request: Request, principal: Principal) -> Any:
+        """Scopes on ImagingStudy decide (imaging/access.py); returns QIDO's study condition, if any."""
+        assert self.access is not None
+        study = request.path_params.get("study")
+        if request.method == "POST":
+            self.access.require_store(principal)
+            return None
+        interaction = "delete" if request.method == "DELETE" else ("read" if study else "search-type")
+        self.access.require(principal, interaction)
+        if study is not None:
+            self.access.check_study(principal, study)
+            return None
+        return self.access.study_condition(principal)
 
     def base(self, request: Request) -> str:
         return f"{request.url.scheme}://{request.url.netloc}{self.prefix}"
@@ -201,7 +247,8 @@ class _DicomWeb:
         params = parse_qsl(request.url.query, keep_blank_values=True)
         q = qido.parse_query(level, params, study_uid=request.path_params.get("study"),
                              series_uid=request.path_params.get("series"))
-        results, truncated = await run_in_threadpool(qido.search, self.archive.db, q)
+        results, truncated = await run_in_threadpool(
+            lambda: qido.search(self.archive.db, q, studies=getattr(request.state, "studies", None)))
         headers = {}
         notes = list(q.warnings)
         if truncated:

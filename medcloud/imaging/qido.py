@@ -149,10 +149,18 @@ def parse_query(level: Level, params: Sequence[tuple[str, str]], *, study_uid: s
                      limit, offset, tuple(notes))
 
 
-def search(db: Database, q: QidoQuery, *, max_results: int = 1000) -> tuple[list[dict[str, Any]], bool]:
-    """Run a query; returns DICOM JSON objects and whether results were cut at ``max_results``."""
+def search(db: Database, q: QidoQuery, *, max_results: int = 1000,
+           studies: ColumnElement[bool] | None = None) -> tuple[list[dict[str, Any]], bool]:
+    """Run a query; returns DICOM JSON objects and whether results were cut at ``max_results``.
+
+    ``studies`` is a condition on ``dicom_studies`` rows confining the search (what the asking
+    principal may see, imaging/access.py); applied in SQL, so ``limit``/``offset`` page over it.
+    """
     limit = min(q.limit, max_results) if q.limit is not None else max_results
-    stmt = _statement(q).offset(q.offset).limit(limit + 1)
+    stmt = _statement(q)
+    if studies is not None:
+        stmt = stmt.where(studies)
+    stmt = stmt.offset(q.offset).limit(limit + 1)
     with db.read() as conn:
         rows = conn.execute(stmt).mappings().all()
         truncated = len(rows) > limit and (q.limit is None or q.limit > max_results)

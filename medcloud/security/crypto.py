@@ -6,9 +6,10 @@ the data (NIST SP 800-57 key hierarchy; the same scheme as cloud KMS "envelope e
 
 Layout (all integers big-endian)::
 
-    magic "MCE1" | mode (1: one-shot, 2: stream) | key id (8) | wrap nonce (12) | wrapped key (32 + 16 tag)
+    magic "MCE1" | mode (1: one-shot, 2: stream, 3: records) | key id (8) | wrap nonce (12) | wrapped key (32 + 16 tag)
     mode 1:  nonce (12) | ciphertext + tag
     mode 2:  chunk size (4) | nonce prefix (7) | chunk_0 | ... | chunk_n   (each chunk = ciphertext + tag)
+    mode 3:  record_0 | ... | record_n, record = length (4) | last (1) | nonce (12) | ciphertext + tag
 
 The wrapped key is authenticated with the magic, mode and key id as associated data. The data's
 associated data is the magic and mode (plus chunk size and nonce prefix for streams) but not the
@@ -16,6 +17,13 @@ key fields, which is what lets ``rewrap`` replace them. Streams follow the STREA
 (Hoang, Reyhanitabar, Rogaway, Vizár 2015): chunk i uses nonce ``prefix || i (4) || last (1)``,
 so dropping, reordering or truncating chunks fails authentication, including a cut exactly at a
 chunk boundary (the new last chunk was not sealed as last).
+
+Mode 3 is for files that grow by appends and must be durable after each append (the Bulk
+$export NDJSON files, checkpointed after every batch and resumed after a crash): each append is a
+record sealed with a *random* nonce (never a counter: a resumed writer re-writes record i with
+other data, and a repeated GCM nonce would leak both plaintexts), its index, length and "last"
+flag are associated data, and the file ends with an empty "last" record that the next append
+overwrites. Reordering, dropping or cutting records fails authentication.
 
 The key id is the first 8 bytes of SHA-256 over the master key (a fingerprint, not the key).
 """
@@ -26,7 +34,7 @@ import base64
 import binascii
 import hashlib
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import BinaryIO
 
@@ -36,7 +44,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from medcloud.errors import Invalid, MedcloudError
 
 MAGIC = b"MCE1"
-ONE_SHOT, STREAM = 1, 2
+ONE_SHOT, STREAM, RECORDS = 1, 2, 3
 KEY_SIZE = 32
 KID_SIZE = 8
 _WRAP_NONCE = 12
@@ -150,6 +158,15 @@ def _check_header(blob: bytes, mode: int) -> None:
         raise DecryptionError(f"blob mode {blob[4]} where {mode} was expected")
 
 
+def is_encrypted(head: bytes) -> bool:
+    """Whether a file's first bytes carry our header (files written before encryption do not)."""
+    return head[:4] == MAGIC and len(head) >= 5 and head[4] in (ONE_SHOT, STREAM, RECORDS)
+
+
+def header_key_id(head: bytes) -> bytes:
+    return head[5:5 + KID_SIZE]
+
+
 # ---------------------------------------------------------------- streaming
 
 
@@ -180,9 +197,22 @@ def decrypt_stream(src: BinaryIO, dst: BinaryIO, keyring: Keyring) -> int:
     Chunks are written as each authenticates, so on an error ``dst`` holds a prefix: callers
     write to a temporary file and discard it on error.
     """
-    header = _read_full(src, HEADER_SIZE + _STREAM_FIELDS)
+    return sum(dst.write(plain) for plain in iter_decrypt_stream(src, keyring))
+
+
+def iter_decrypt_stream(src: BinaryIO, keyring: Keyring, *, header: bytes | None = None,
+                        data_key: bytes | None = None) -> Iterator[bytes]:
+    """The plaintext of a mode 2 stream, one authenticated chunk at a time.
+
+    The header is checked before the first chunk is read, so a wrong key fails at the first
+    ``next``. A caller that already read the header (to retry a header read racing a key
+    rotation) passes it with the data key it unwrapped.
+    """
+    if header is None:
+        header = _read_full(src, HEADER_SIZE + _STREAM_FIELDS)
     _check_header(header, STREAM)
-    data_key = keyring.unwrap(header[5:HEADER_SIZE], STREAM)
+    if data_key is None:
+        data_key = keyring.unwrap(header[5:HEADER_SIZE], STREAM)
     fields = header[HEADER_SIZE:]
     if len(fields) != _STREAM_FIELDS:
         raise DecryptionError("stream header is truncated")
@@ -192,7 +222,7 @@ def decrypt_stream(src: BinaryIO, dst: BinaryIO, keyring: Keyring) -> int:
     aad = header[:5] + fields
     aead = AESGCM(data_key)
     size = chunk_size + _TAG
-    out, i = 0, 0
+    i = 0
     chunk = _read_full(src, size)
     while True:
         following = _read_full(src, size) if len(chunk) == size else b""
@@ -203,10 +233,13 @@ def decrypt_stream(src: BinaryIO, dst: BinaryIO, keyring: Keyring) -> int:
             plain = aead.decrypt(_chunk_nonce(nonce_prefix, i, last), chunk, aad)
         except InvalidTag:
             raise DecryptionError(f"stream chunk {i} failed authentication (tampered or truncated)") from None
-        out += dst.write(plain)
+        yield plain
         if last:
-            return out
+            return
         chunk, i = following, i + 1
+
+
+STREAM_HEADER_SIZE = HEADER_SIZE + _STREAM_FIELDS
 
 
 def _chunk_nonce(prefix: bytes, i: int, last: bool) -> bytes:
@@ -235,28 +268,158 @@ def rewrap(blob: bytes, old: Keyring, new: Keyring) -> bytes:
     Works on a one-shot blob or on a stream's first ``HEADER_SIZE`` bytes (the rest is unchanged,
     so a file can be rewritten in place: see ``rewrap_file``).
     """
-    if len(blob) < HEADER_SIZE or blob[:4] != MAGIC or blob[4] not in (ONE_SHOT, STREAM):
+    if len(blob) < HEADER_SIZE or not is_encrypted(blob):
         raise DecryptionError("not a medcloud encrypted blob")
     mode = blob[4]
     data_key = old.unwrap(blob[5:HEADER_SIZE], mode)
     return blob[:5] + new.wrap(data_key, mode) + blob[HEADER_SIZE:]
 
 
-def rewrap_file(path: Path, old: Keyring, new: Keyring, *, fsync: Callable[[int], None] = os.fsync) -> None:
-    """Re-wrap an encrypted file's data key in place: one 73-byte write at offset 0.
+def rewrap_file(path: Path, old: Keyring, new: Keyring, *, fsync: Callable[[int], None] = os.fsync) -> bool:
+    """Re-wrap an encrypted file's data key in place: one 73-byte ``pwrite`` at offset 0.
 
-    A header write within the first disk sector is atomic on the file systems we target; where
-    that is not trusted, copy to a temporary file, ``rewrap`` its header and rename instead.
+    One write system call inside the first disk sector: a crash leaves the old or the new
+    header, never a mix (sector writes are atomic on the disks and file systems we target).
+    A concurrent reader may in theory copy a page while the write is under way; the header is
+    authenticated, so such a read fails unwrapping and the reader reads the header again
+    (``security/at_rest.py``). Returns False when the file is already wrapped by ``new.current``.
     """
-    with open(path, "r+b") as f:
-        header = _read_full(f, HEADER_SIZE)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        header = os.pread(fd, HEADER_SIZE, 0)
+        if not needs_rewrap(header, new):
+            return False
         replaced = rewrap(header, old, new)
-        f.seek(0)
-        f.write(replaced)
-        f.flush()
-        fsync(f.fileno())
+        if os.pwrite(fd, replaced, 0) != HEADER_SIZE:
+            raise OSError(f"short header write on {path}")
+        fsync(fd)
+        return True
+    finally:
+        os.close(fd)
 
 
 def needs_rewrap(blob_head: bytes, keyring: Keyring) -> bool:
     """Whether a blob (or its first HEADER_SIZE bytes) is wrapped by another key than ``keyring.current``."""
     return blob_head[5:5 + KID_SIZE] != keyring.current
+
+
+# ---------------------------------------------------------------- appendable records (mode 3)
+
+_REC_HEAD = 4 + 1 + 12
+END_RECORD_SIZE = _REC_HEAD + _TAG
+MAX_RECORD = 1024 * 1024
+
+
+def _record_aad(index: int, last: bool, length: int) -> bytes:
+    return MAGIC + bytes([RECORDS]) + index.to_bytes(8, "big") + (b"\x01" if last else b"\x00") + length.to_bytes(4, "big")
+
+
+def _seal_record(aead: AESGCM, index: int, data: bytes, last: bool) -> bytes:
+    nonce = os.urandom(12)
+    head = len(data).to_bytes(4, "big") + (b"\x01" if last else b"\x00") + nonce
+    return head + aead.encrypt(nonce, data, _record_aad(index, last, len(data)))
+
+
+class RecordWriter:
+    """Appends records to a mode 3 file; ``seal()`` makes everything written so far durable and readable.
+
+    After ``seal()`` the file ends with the empty last record, so a crash leaves a complete file
+    of the sealed size; ``resume(path, keyring, size)`` cuts a file back to a sealed size and
+    continues after it. Memory stays O(one record).
+    """
+
+    def __init__(self, fd: int, aead: AESGCM, index: int, pos: int, plain_size: int):
+        self._fd, self._aead, self._index, self._pos = fd, aead, index, pos
+        self.plain_size = plain_size
+
+    @classmethod
+    def create(cls, path: Path, keyring: Keyring) -> RecordWriter:
+        data_key = AESGCM.generate_key(bit_length=256)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        header = MAGIC + bytes([RECORDS]) + keyring.wrap(data_key, RECORDS)
+        os.pwrite(fd, header, 0)
+        w = cls(fd, AESGCM(data_key), 0, HEADER_SIZE, 0)
+        w.seal()
+        return w
+
+    @classmethod
+    def resume(cls, path: Path, keyring: Keyring, size: int) -> RecordWriter:
+        """Reopen a file sealed at ``size`` bytes and seal it again there.
+
+        An append after that seal (unsealed when the writer died) overwrote the end record and
+        wrote past it; the records before the end record were never touched. So the file is cut
+        to ``size`` minus the end record, those records are counted (lengths only: readers
+        authenticate them), and a fresh end record is written.
+        """
+        fd = os.open(path, os.O_RDWR)
+        try:
+            body_end = size - END_RECORD_SIZE
+            header = os.pread(fd, HEADER_SIZE, 0)
+            _check_header(header, RECORDS)
+            if body_end < HEADER_SIZE:
+                raise DecryptionError("record file is shorter than its checkpoint")
+            aead = AESGCM(keyring.unwrap(header[5:HEADER_SIZE], RECORDS))
+            os.ftruncate(fd, body_end)
+            index, pos, plain = 0, HEADER_SIZE, 0
+            while pos < body_end:
+                head = os.pread(fd, _REC_HEAD, pos)
+                length = int.from_bytes(head[:4], "big") if len(head) == _REC_HEAD else -1
+                if length < 0 or length > MAX_RECORD or head[4] != 0:
+                    raise DecryptionError(f"record {index} has a corrupt header")
+                index, pos, plain = index + 1, pos + _REC_HEAD + length + _TAG, plain + length
+            if pos != body_end:
+                raise DecryptionError("the checkpointed size does not end at a record boundary")
+            w = cls(fd, aead, index, pos, plain)
+            w.seal()
+            return w
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def write(self, data: bytes) -> None:
+        for start in range(0, len(data), MAX_RECORD):
+            rec = _seal_record(self._aead, self._index, data[start:start + MAX_RECORD], False)
+            os.pwrite(self._fd, rec, self._pos)
+            self._index += 1
+            self._pos += len(rec)
+            self.plain_size += min(MAX_RECORD, len(data) - start)
+
+    def seal(self) -> int:
+        """Write the end record and fsync; returns the file's size (what a checkpoint records)."""
+        end = _seal_record(self._aead, self._index, b"", True)
+        os.pwrite(self._fd, end, self._pos)
+        size = self._pos + len(end)
+        os.ftruncate(self._fd, size)
+        os.fsync(self._fd)
+        return size
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def iter_records(src: BinaryIO, keyring: Keyring, *, header: bytes | None = None,
+                 data_key: bytes | None = None) -> Iterator[bytes]:
+    """The plaintext of a mode 3 file, record by record; ``DecryptionError`` on any change."""
+    if header is None:
+        header = _read_full(src, HEADER_SIZE)
+    _check_header(header, RECORDS)
+    aead = AESGCM(data_key if data_key is not None else keyring.unwrap(header[5:HEADER_SIZE], RECORDS))
+    index = 0
+    while True:
+        head = _read_full(src, _REC_HEAD)
+        if len(head) < _REC_HEAD:
+            raise DecryptionError("record file is truncated")
+        length, last = int.from_bytes(head[:4], "big"), head[4] == 1
+        if length > MAX_RECORD or head[4] > 1:
+            raise DecryptionError(f"record {index} has a corrupt header")
+        body = _read_full(src, length + _TAG)
+        try:
+            plain = aead.decrypt(head[5:], body, _record_aad(index, last, length))
+        except InvalidTag:
+            raise DecryptionError(f"record {index} failed authentication (tampered or truncated)") from None
+        if last:
+            if src.read(1):
+                raise DecryptionError("data after the end record")
+            return
+        yield plain
+        index += 1

@@ -21,6 +21,7 @@ it both for direct reads and to filter search matches and includes.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -30,12 +31,31 @@ from medcloud.errors import NotFound
 from medcloud.fhir.definitions import patient_compartment, search_params
 from medcloud.fhir.exchange import Principal
 from medcloud.fhir.indexing import IndexEntries, Indexer
-from medcloud.security.scopes import Scope, ScopeSet, parse_scopes
+from medcloud.security.scopes import Scope, ScopeSet, is_admin, parse_scopes
 from medcloud.storage.resources import Stored
 
 # Looks up the Patient compartments of a stored resource in the ``compartments`` table
 # (rid -> patient ids), so reads need not re-index the JSON.
 CompartmentLookup = Callable[[Stored], Iterable[str]]
+# Looks up the Patient compartments of the resource a reference ("Type/id") points at; Binary
+# resources are judged by their securityContext (R4 binary.html#security).
+ReferenceLookup = Callable[[str, str], Iterable[str]]
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """One way a principal may see resources of a type in searches: a declarative SQL restriction.
+
+    ``patient`` confines matches to that patient's compartment (None: not confined); ``params`` are
+    ``?param=value`` restrictions ANDed into the search. A principal's grants on a type are ORed.
+    """
+
+    patient: str | None
+    params: tuple[tuple[str, str], ...] = ()
+
+
+# ``None``: unrestricted; ``()``: nothing is visible; otherwise the alternatives (OR).
+ReadFilter = tuple[Grant, ...] | None
 
 _WRITE_LETTERS = {"create": "c", "update": "u", "patch": "u"}
 
@@ -46,16 +66,20 @@ class SmartPolicy:
         *,
         indexer: Indexer | None = None,
         compartments_of: CompartmentLookup | None = None,
+        reference_compartments: ReferenceLookup | None = None,
         shared_types: Iterable[str] = (),
     ):
         self._indexer = indexer or Indexer()
         self._compartments_of = compartments_of
+        self._reference_compartments = reference_compartments
         self._shared = frozenset(shared_types)
         self._compartment_types = frozenset(patient_compartment()) | {"Patient"}
 
     # ------------------------------------------------------------ guard.Policy
 
     def may(self, principal: Principal, interaction: str, rtype: str | None) -> bool:
+        if rtype == "AuditEvent" and interaction in ("read", "search-type") and is_admin(principal):
+            return True  # the audit trail's own API (security/audit_api.py) serves administrators
         scopes = self._scopes(principal)
         if interaction in ("capabilities", "batch", "transaction"):
             return scopes.may(interaction, rtype)
@@ -70,6 +94,8 @@ class SmartPolicy:
         scopes = self._read_scopes(self._scopes(principal), stored.type)
         if not scopes:
             return False
+        if any(not s.params and s.context != "patient" for s in scopes):
+            return True  # a user/ or system/ scope on the type without restrictions: no need to look inside
         resource = orjson.loads(stored.content)
         patients = None
         if self._compartments_of is not None and any(s.context == "patient" for s in scopes):
@@ -100,6 +126,15 @@ class SmartPolicy:
             if not self._admits_any(principal, granting, resource, None):
                 return False
         return checked
+
+    def read_filter(self, principal: Principal, rtype: str) -> ReadFilter:
+        """What of ``rtype`` a search (or a chain or ``_has`` through ``rtype``) may see, as SQL-able grants.
+
+        Searches apply it in SQL so that totals, ``_summary=count``, paging, chains and ``_has`` see
+        exactly what ``may_read`` would admit, and nothing answers for resources the principal cannot
+        read (no existence oracle). Needs the ``s`` permission on ``rtype``.
+        """
+        return _read_filter(self, principal.scopes, principal.patient, rtype)
 
     # ------------------------------------------------------------ extras for the lead
 
@@ -154,7 +189,16 @@ class SmartPolicy:
             return True
         if not principal.patient:
             return False
-        return rtype is None or rtype in self._compartment_types or rtype in self._shared
+        return rtype is None or rtype in self._compartment_types or rtype in self._shared or rtype == "Binary"
+
+    def _binary_in_compartment(self, patient: str | None, ref: Any) -> bool:
+        """A Binary is the launch patient's when its securityContext is (in) that patient's compartment."""
+        if not patient or not isinstance(ref, str) or ref.count("/") != 1:
+            return False
+        rtype, rid = ref.split("/")
+        if rtype == "Patient" and rid == patient:
+            return True
+        return self._reference_compartments is not None and patient in self._reference_compartments(rtype, rid)
 
     def _admits_any(self, principal: Principal, scopes: Iterable[Scope], resource: dict[str, Any],
                     patients: frozenset[str] | None) -> bool:
@@ -163,7 +207,11 @@ class SmartPolicy:
         for s in scopes:
             if not s.covers(rtype) or not self._context_usable(principal, s, rtype):
                 continue
-            if s.context == "patient" and rtype not in self._shared:
+            if s.context == "patient" and rtype == "Binary":
+                ref = (resource.get("securityContext") or {}).get("reference")
+                if not self._binary_in_compartment(principal.patient, ref):
+                    continue
+            elif s.context == "patient" and rtype not in self._shared:
                 if patients is None:
                     index = index or self._indexer.extract(resource)
                     patients = frozenset(pid for comp, pid in index.compartments if comp == "Patient")
@@ -182,6 +230,25 @@ class SmartPolicy:
         params = patient_compartment()[rtype]
         code = "patient" if "patient" in params else params[0]
         return (code, f"Patient/{patient}")
+
+
+@lru_cache(maxsize=65536)
+def _read_filter(policy: SmartPolicy, scopes: tuple[str, ...], patient: str | None, rtype: str) -> ReadFilter:
+    granting = _parsed(scopes).granting("search-type", rtype)
+    grants: list[Grant] = []
+    for s in granting:
+        if s.context == "patient":
+            if not patient or not (rtype in policy._compartment_types or rtype in policy._shared):
+                continue
+            confined = None if rtype in policy._shared else patient
+        else:
+            confined = None
+        if confined is None and not s.params:
+            return None
+        g = Grant(confined, s.params)
+        if g not in grants:
+            grants.append(g)
+    return tuple(grants)
 
 
 @lru_cache(maxsize=4096)

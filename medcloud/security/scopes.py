@@ -17,6 +17,8 @@ Which interaction each letter grants (the guide's "Scope Equivalence" table):
 
 ``openid``, ``fhirUser``, ``profile``, ``launch``, ``launch/patient``, ``launch/encounter``,
 ``offline_access`` and ``online_access`` are context/identity scopes: they grant no data access.
+``medcloud/admin`` (medcloud's own) marks an administrator (audit search, client management); it
+is a context scope too and grants no FHIR data by itself.
 """
 
 from __future__ import annotations
@@ -25,16 +27,21 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
+from typing import TYPE_CHECKING
 
 from medcloud.errors import Invalid
 from medcloud.fhir.definitions import resource_types
 
+if TYPE_CHECKING:
+    from medcloud.fhir.exchange import Principal
+
 CONTEXTS = ("patient", "user", "system")
 PERMISSIONS = "cruds"
 V1_PERMISSIONS = {"read": "rs", "write": "cud", "*": "cruds"}
+ADMIN_SCOPE = "medcloud/admin"
 CONTEXT_SCOPES = frozenset(
     {"openid", "fhirUser", "profile", "launch", "launch/patient", "launch/encounter",
-     "offline_access", "online_access"}
+     "offline_access", "online_access", ADMIN_SCOPE}
 )
 
 # interaction (as the router names it) -> permission letter it needs
@@ -94,6 +101,11 @@ class ContextScope:
 
     def __str__(self) -> str:
         return self.name
+
+
+def is_admin(principal: Principal) -> bool:
+    """Whether ``principal`` is an administrator: its token carries ``medcloud/admin``."""
+    return ADMIN_SCOPE in principal.scopes
 
 
 def parse_scope(text: str) -> Scope | ContextScope:

@@ -107,6 +107,12 @@ _READ = (
     .where(resources.c.type == bindparam("t"), resources.c.id == bindparam("i"))
 )
 _READ_FOR_UPDATE = _READ.with_for_update(of=resources)
+# A search reads each page this way; built once for the same reason (the rid list is expanded).
+_READ_RIDS = (
+    select(*_CURRENT_COLS)
+    .select_from(current_join())
+    .where(resources.c.rid.in_(bindparam("rids", expanding=True)), resources.c.deleted.is_(False))
+)
 
 
 class ResourceStore:
@@ -152,12 +158,7 @@ class ResourceStore:
         """Current versions of ``rids``, in the given order, skipping deleted ones."""
         found: dict[int, Stored] = {}
         for chunk in _chunks(list(rids), 500):
-            stmt = (
-                select(*_CURRENT_COLS)
-                .select_from(current_join())
-                .where(resources.c.rid.in_(chunk), resources.c.deleted.is_(False))
-            )
-            for row in conn.execute(stmt):
+            for row in conn.execute(_READ_RIDS, {"rids": chunk}):
                 found[row[0]] = Stored(*row)
         return [found[r] for r in rids if r in found]
 

@@ -40,7 +40,9 @@ resources = Table(
     Column("last_updated", BigInteger, nullable=False),  # microseconds since epoch, UTC
     Column("deleted", Boolean, nullable=False, default=False),
     Index("ux_resources_type_id", "type", "id", unique=True),
-    Index("ix_resources_type_lu", "type", "last_updated"),
+    # With ``deleted``: _summary=count and _lastUpdated are answered from the index alone. (Not a
+    # separate (type, deleted) index: without statistics SQLite preferred it to (type, id) for _id.)
+    Index("ix_resources_type_lu_deleted", "type", "last_updated", "deleted"),
 )
 
 resource_history = Table(
@@ -72,9 +74,12 @@ def _index_table(name: str, *columns: Column, indexes: tuple[tuple[str, ...], ..
         Column("grp", SmallInteger, nullable=False, default=0),
         *columns,
     )
-    Index(f"ix_{name}_rid", t.c.rid)
+    # (rid, param): sort keys and _has/_include look up one resource's rows of one parameter.
+    Index(f"ix_{name}_rid_param", t.c.rid, t.c.param)
+    # Value indexes end in rid so that a parameter's rid set comes from the index alone (covering):
+    # searches intersect these sets before touching ``resources`` (search/plan.py).
     for cols in indexes:
-        Index(f"ix_{name}_{'_'.join(cols)}", *(t.c[c] for c in ("type", "param", *cols)))
+        Index(f"ix_{name}_{'_'.join(cols)}_rid", *(t.c[c] for c in ("type", "param", *cols, "rid")))
     return t
 
 
@@ -97,7 +102,7 @@ idx_date = _index_table(
     "idx_date",
     Column("low", BigInteger, nullable=False),  # microseconds since epoch, inclusive
     Column("high", BigInteger, nullable=False),  # microseconds since epoch, inclusive
-    indexes=(("low",), ("high",)),
+    indexes=(("low", "high"), ("high", "low")),
 )
 
 idx_number = _index_table(
@@ -125,7 +130,7 @@ idx_reference = _index_table(
     Column("target_id", String(256), nullable=True),
     Column("url", Text, nullable=True),  # absolute / canonical references (version stripped)
     Column("version", Text, nullable=True),
-    indexes=(("target_id", "target_type"), ("url",)),
+    indexes=(("target_id", "target_type", "url"), ("url",)),
 )
 
 idx_uri = _index_table(
@@ -187,15 +192,46 @@ server_state = Table(
     Column("value", LargeBinary, nullable=False),
 )
 
-# Audit records (AuditEvent-shaped JSON). The security issue adds the hash chain.
+# The audit trail: one FHIR AuditEvent (``content``, JSON) per interaction, hash-chained in ``seq``
+# order (security/audit_chain.py, audit_store.py). ``seq`` is assigned by the appender under the
+# chain lock, so it is gap-free; the search columns are copies of fields of ``content`` (verify
+# checks that they agree) for ``GET /fhir/AuditEvent``.
 audit_log = Table(
     "audit_log",
     metadata,
     Column("seq", Id, primary_key=True, autoincrement=True),
-    Column("recorded", BigInteger, nullable=False),
-    Column("action", String(16), nullable=False),
-    Column("outcome", String(8), nullable=False),
+    Column("recorded", BigInteger, nullable=False),  # microseconds since epoch, UTC
+    Column("action", String(16), nullable=False),  # AuditEvent.action: C R U D E
+    Column("outcome", String(8), nullable=False),  # AuditEvent.outcome: 0 4 8 12
+    Column("subtype", String(32), nullable=False),  # restful-interaction code (read, create, ...)
+    Column("who", String(256), nullable=True),  # the requesting agent (token subject)
+    Column("client_id", String(256), nullable=True),  # the client application agent
+    Column("patient", String(64), nullable=True),  # the patient entity (role 1): a Patient id
+    Column("entity_type", String(64), nullable=True),  # the resource entity: type ...
+    Column("entity_id", String(256), nullable=True),  # ... and id (NULL for type-level interactions)
+    Column("address", String(64), nullable=True),  # agent.network.address: the source IP
     Column("content", LargeBinary, nullable=False),
+    Column("prev_hash", LargeBinary(32), nullable=False),  # the previous entry's hash (GENESIS first)
+    Column("hash", LargeBinary(32), nullable=False),  # audit_chain.link(prev_hash, entry)
+    Index("ix_audit_log_recorded", "recorded"),
+    Index("ix_audit_log_who", "who"),
+    Index("ix_audit_log_client", "client_id"),
+    Index("ix_audit_log_patient", "patient"),
+    Index("ix_audit_log_entity", "entity_id", "entity_type"),
+    Index("ix_audit_log_address", "address"),
+    Index("ix_audit_log_hash", "hash"),  # verify: which entry does a broken link point to?
 )
 
-from medcloud.storage import imaging_schema  # noqa: E402,F401  (imaging tables on the same metadata)
+# The chain head (one row, id 1): the last appended entry. Appenders read and advance it under
+# the chain lock; verify compares it with the end of the log, so deleting the newest entries is
+# noticed (as long as the head row is not rewritten too).
+audit_head = Table(
+    "audit_head",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("hash", LargeBinary(32), nullable=False),
+)
+
+# Tables of other capabilities, on the same metadata (one schema, one migration history).
+from medcloud.storage import imaging_schema, security_schema  # noqa: E402,F401

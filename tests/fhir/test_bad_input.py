@@ -79,7 +79,7 @@ def test_deeply_nested_json_is_refused_cleanly(client, depth):
 def test_body_over_the_configured_limit_is_413(backend, tmp_path):
     from starlette.testclient import TestClient
 
-    settings = Settings(data_dir=tmp_path / "small", db=backend, max_body_bytes=2048)
+    settings = Settings(data_dir=tmp_path / "small", db=backend, max_body_bytes=2048, auth=False)
     svc = build_services(settings)
     try:
         with TestClient(create_app(settings, svc)) as c:

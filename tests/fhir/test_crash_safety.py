@@ -27,7 +27,7 @@ def _free_port() -> int:
 
 def _start(data_dir: Path, db: str, port: int) -> subprocess.Popen[bytes]:
     exe = Path(sys.executable).parent / "medcloud"
-    args = [str(exe), "serve", "--data-dir", str(data_dir), "--port", str(port), "--host", "127.0.0.1"]
+    args = [str(exe), "serve", "--data-dir", str(data_dir), "--port", str(port), "--host", "127.0.0.1", "--no-auth"]
     if db:
         args += ["--db", db]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

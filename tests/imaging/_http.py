@@ -16,9 +16,11 @@ def stow_body(datas: list[bytes], *, part_type: str = "application/dicom") -> tu
     return out, f'multipart/related; type="application/dicom"; boundary={boundary}'
 
 
-def stow(client: Any, datas: list[bytes], path: str = "/dicomweb/studies", **kw: Any) -> Any:
+def stow(client: Any, datas: list[bytes], path: str = "/dicomweb/studies", headers: dict[str, str] | None = None,
+         **kw: Any) -> Any:
     body, ctype = stow_body(datas, **kw)
-    return client.post(path, content=body, headers={"Content-Type": ctype, "Accept": "application/dicom+json"})
+    return client.post(path, content=body,
+                       headers={"Content-Type": ctype, "Accept": "application/dicom+json", **(headers or {})})
 
 
 def parts(resp: Any) -> list[bytes]:

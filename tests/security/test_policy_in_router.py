@@ -1,4 +1,4 @@
-"""SmartPolicy behind the real guard and router (in process; the HTTP edge does not fill scopes yet)."""
+"""SmartPolicy behind the real guard and router, in process (principals built by hand)."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def test_writes_need_a_write_scope_and_stay_in_the_compartment(services, world):
     other = dict(body, subject={"reference": f"Patient/{world['p2']}"})
     assert _call(services, "POST", "Observation", other, principal=writer).status == 404
     assert _call(services, "DELETE", f"Observation/{world['obs-p2']}", principal=writer).status == 404
-    assert _call(services, "GET", f"Observation/{world['obs-p2']}").status == 404  # SYSTEM has no scopes now
+    assert _call(services, "GET", f"Observation/{world['obs-p2']}", principal=Principal(scopes=())).status == 404
     assert _call(services, "GET", f"Observation/{world['obs-p2']}",
                  principal=Principal(scopes=("system/*.rs",))).status == 200
 

@@ -24,7 +24,7 @@ def history(
     before = None
     token = req.param("_cursor")
     if token:
-        state = ctx.cursors.decode(token, ctx.clock())
+        state = ctx.cursors.decode(token, ctx.clock(), req.principal)
         if state.get("k") != "history" or state.get("p") != req.path:
             raise Invalid("this paging cursor belongs to another query")
         before, since, at, count = state["v"], state["since"], state["at"], state["n"]
@@ -34,7 +34,7 @@ def history(
     if len(rows) > count:
         rows = rows[:count]
         state = {"k": "history", "p": req.path, "v": rows[-1].vid, "since": since, "at": at, "n": count}
-        links.append(("next", f"{req.base_url}/{req.path}?_cursor={ctx.cursors.encode(state, ctx.clock())}"))
+        links.append(("next", f"{req.base_url}/{req.path}?_cursor={ctx.cursors.encode(state, ctx.clock(), req.principal)}"))
     entries = [history_entry(req.base_url, s) for s in rows]
     return FhirResponse(resource=bundle("history", entries, links=links, timestamp_us=ctx.clock()))
 

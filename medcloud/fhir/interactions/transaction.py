@@ -73,6 +73,9 @@ def transaction(ctx: FhirContext, req: FhirRequest, raw_entries: list[Any]) -> F
         ctx.cursors.encode({}, now)
     with ctx.db.write() as conn:
         tx.run(conn)
+    for e in tx.creates:  # plain creates bypass router.dispatch, which audits every other entry
+        if e.target is not None and e.response is not None:
+            router.audit(ctx, req, "create", e.target[0], e.target[1], e.response.status)
     prefer = preferred_return(req)
     out = []
     for e in entries:

@@ -6,6 +6,12 @@ file is flushed to disk and the checkpoint (type index, last ``rid``, each file'
 byte size) is saved with the job, so a worker that is killed mid-batch is resumed by truncating
 the files back to the checkpointed sizes and continuing after the last ``rid``: no duplicates,
 no gaps. Used by the ``$export`` job and, with the same code, by ``medcloud export``.
+
+Server-side exports (files under DATA_DIR) are encrypted at rest when ``ctx.at_rest`` is given:
+each batch becomes one or more sealed records of a mode 3 file (``security/crypto.py``), so the
+same checkpoint/truncate/resume logic works on ciphertext. ``medcloud export --out`` writes
+plaintext: the folder is the user's. With ``request["deidentify"]`` set, every line goes through
+``security/deid`` before it is written (``$export?_deidentify=true``, a medcloud extension).
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 from sqlalchemy import select
@@ -24,10 +30,54 @@ from medcloud.fhir.exchange import Principal, outcome_message
 from medcloud.storage.resources import Stored, current_join
 from medcloud.storage.schema import compartments, resource_history, resources
 
+if TYPE_CHECKING:
+    from medcloud.security.at_rest import AtRest
+
 BATCH = 1000
 LINES_PER_FILE = 100_000
 
 Checkpoint = Callable[[dict[str, Any]], None]
+Transform = Callable[[bytes], bytes]  # one resource's JSON -> the JSON to write (de-identification)
+
+
+class _Sink(Protocol):
+    def write(self, data: bytes) -> None: ...
+
+    def commit(self) -> tuple[int, int]:
+        """Make the writes durable; returns (bytes on disk, plaintext bytes)."""
+
+    def close(self) -> None: ...
+
+
+class _PlainSink:
+    def __init__(self, path: Path):
+        self._f = open(path, "ab")  # noqa: SIM115 - kept open across batches
+
+    def write(self, data: bytes) -> None:
+        self._f.write(data)
+
+    def commit(self) -> tuple[int, int]:
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        size = self._f.tell()
+        return size, size
+
+    def close(self) -> None:
+        self._f.close()
+
+
+class _SealedSink:
+    def __init__(self, at_rest: AtRest, path: Path, sealed_size: int):
+        self._w = at_rest.resume_records(path, sealed_size) if sealed_size else at_rest.new_records(path)
+
+    def write(self, data: bytes) -> None:
+        self._w.write(data)
+
+    def commit(self) -> tuple[int, int]:
+        return self._w.seal(), self._w.plain_size
+
+    def close(self) -> None:
+        self._w.close()
 
 
 def compartment_types() -> list[str]:
@@ -45,11 +95,13 @@ def principal_from_json(d: dict[str, Any]) -> Principal:
 
 
 def run_export(ctx: FhirContext, request: dict[str, Any], out_dir: Path, state: dict[str, Any] | None,
-               checkpoint: Checkpoint) -> dict[str, Any]:
+               checkpoint: Checkpoint, *, at_rest: AtRest | None = None,
+               transform: Transform | None = None) -> dict[str, Any]:
     """Run (or resume from ``state``) the export described by ``request``; returns the file list.
 
     ``request`` keys: level (system|patient|group), types (list or None), since (µs or None),
-    patients (ids or None: restrict to these compartments), principal, warnings.
+    patients (ids or None: restrict to these compartments), principal, warnings. ``at_rest``
+    encrypts the files (when it is switched on); ``transform`` rewrites each resource's JSON.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     if state is None:
@@ -62,13 +114,14 @@ def run_export(ctx: FhirContext, request: dict[str, Any], out_dir: Path, state: 
     types: list[str] = state["types"]
     while state["t"] < len(types):
         rtype = types[state["t"]]
-        _export_type(ctx, request, principal, rtype, out_dir, state, checkpoint)
+        _export_type(ctx, request, principal, rtype, out_dir, state, checkpoint, at_rest, transform)
         state["t"] += 1
         state["rid"] = 0
         checkpoint(state)
     errors = _write_warnings(out_dir, request.get("warnings") or [])
     return {
-        "output": [{"type": f["type"], "name": f["name"], "count": f["count"]} for f in state["files"]],
+        "output": [{"type": f["type"], "name": f["name"], "count": f["count"], "size": f.get("plain", f["bytes"])}
+                   for f in state["files"]],
         "error": errors,
     }
 
@@ -86,37 +139,44 @@ def _types(ctx: FhirContext, request: dict[str, Any]) -> list[str]:
 
 
 def _export_type(ctx: FhirContext, request: dict[str, Any], principal: Principal, rtype: str, out_dir: Path,
-                 state: dict[str, Any], checkpoint: Checkpoint) -> None:
+                 state: dict[str, Any], checkpoint: Checkpoint, at_rest: AtRest | None,
+                 transform: Transform | None) -> None:
     files: list[dict[str, Any]] = state["files"]
-    handle = None
+    sink: _Sink | None = None
+    seal = at_rest is not None and at_rest.encrypt
     try:
         while True:
             with ctx.db.read() as conn:
                 rows = [Stored(*r) for r in conn.execute(_batch_query(request, rtype, state["rid"]))]
             if not rows:
                 return
-            lines = [s.content + b"\n" for s in rows if s.content and ctx.guard.can_read(principal, s)]
+            kept = [s.content for s in rows if s.content and ctx.guard.can_read(principal, s)]
+            lines = [(transform(c) if transform else c) + b"\n" for c in kept]
             if lines:
                 current = files[-1] if files and files[-1]["type"] == rtype else None
                 if current is None or current["count"] >= LINES_PER_FILE:
-                    if handle is not None:
-                        handle.close()
+                    if sink is not None:
+                        sink.close()
                     part = sum(1 for f in files if f["type"] == rtype) + 1
-                    current = {"type": rtype, "name": f"{rtype}.{part:03d}.ndjson", "count": 0, "bytes": 0}
+                    current = {"type": rtype, "name": f"{rtype}.{part:03d}.ndjson", "count": 0, "bytes": 0,
+                               "plain": 0, "sealed": seal}
                     files.append(current)
-                    handle = None
-                if handle is None:
-                    handle = open(out_dir / current["name"], "ab")  # noqa: SIM115 - kept open across batches
-                handle.writelines(lines)
-                handle.flush()
-                os.fsync(handle.fileno())
+                    sink = None
+                if sink is None:
+                    path = out_dir / current["name"]
+                    if current.get("sealed"):
+                        assert at_rest is not None, "a sealed export file is resumed without its keys"
+                        sink = _SealedSink(at_rest, path, current["bytes"])
+                    else:
+                        sink = _PlainSink(path)
+                sink.write(b"".join(lines))
                 current["count"] += len(lines)
-                current["bytes"] = handle.tell()
+                current["bytes"], current["plain"] = sink.commit()
             state["rid"] = rows[-1].rid
             checkpoint(state)
     finally:
-        if handle is not None:
-            handle.close()
+        if sink is not None:
+            sink.close()
 
 
 def _batch_query(request: dict[str, Any], rtype: str, after_rid: int) -> Any:
@@ -162,6 +222,6 @@ def _write_warnings(out_dir: Path, warnings: list[str]) -> list[dict[str, Any]]:
         return []
     name = "OperationOutcome.001.ndjson"
     lines = [orjson.dumps(outcome_message(w, code="informational", severity="warning")) + b"\n" for w in warnings]
-    with open(out_dir / name, "wb") as fh:
+    with open(out_dir / name, "wb") as fh:  # messages about the request, no patient data: plaintext
         fh.writelines(lines)
-    return [{"type": "OperationOutcome", "name": name, "count": len(lines)}]
+    return [{"type": "OperationOutcome", "name": name, "count": len(lines), "size": sum(map(len, lines))}]

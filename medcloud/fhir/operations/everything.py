@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlencode
 
-from sqlalchemy import Connection, and_, select
+from sqlalchemy import Connection, and_, or_, select
 
 from medcloud.errors import Gone, Invalid, NotFound
 from medcloud.fhir.bundles import bundle, full_url, resource_fragment
@@ -26,7 +26,7 @@ from medcloud.fhir.exchange import FhirRequest, FhirResponse, outcome_message
 from medcloud.fhir.operations import Operation, Target, register
 from medcloud.fhir.primitives import date_range
 from medcloud.storage.resources import Stored, current_join
-from medcloud.storage.schema import compartments, idx_reference, resource_history, resources
+from medcloud.storage.schema import compartments, idx_date, idx_reference, resource_history, resources
 
 _COLS = (resources.c.rid, resources.c.type, resources.c.id, resources.c.version, resources.c.last_updated,
          resources.c.deleted, resource_history.c.content)
@@ -48,16 +48,17 @@ def everything(ctx: FhirContext, conn: Connection, req: FhirRequest, target: Tar
     token = params.get("_cursor")
     notes: list[str] = []
     if token:
-        state = ctx.cursors.decode(token, ctx.clock())
+        state = ctx.cursors.decode(token, ctx.clock(), req.principal)
         if state.get("k") != "everything" or state.get("p") != pid:
             raise Invalid("this paging cursor belongs to another query")
     else:
         state = {"k": "everything", "p": pid, "ph": PATIENT, "r": 0, "n": _count(ctx, params.get("_count")),
-                 "t": _types(params.get("_type")), "s": _since(params.get("_since"))}
-        notes = [f"the parameter {n} is not supported and was ignored" for n in ("start", "end") if n in params]
+                 "t": _types(params.get("_type")), "s": _since(params.get("_since")),
+                 "cd": _care_dates(params.get("start"), params.get("end"))}
     count: int = state["n"]
     types: list[str] | None = state["t"]
     since: int | None = state["s"]
+    care: list[int] | None = state.get("cd")
 
     page: list[tuple[Stored, str]] = []
     more = False
@@ -69,7 +70,7 @@ def everything(ctx: FhirContext, conn: Connection, req: FhirRequest, target: Tar
     pending: list[int] | None = state.get("q")
     if phase == MEMBERS:
         room = count - len(page)
-        rows = [Stored(*r) for r in conn.execute(_members(pid, patient.rid, types, since, after, room + 1))]
+        rows = [Stored(*r) for r in conn.execute(_members(pid, patient.rid, types, since, after, room + 1, care))]
         if len(rows) > room:  # more members than fit: the page is full
             rows = rows[:room]
             more = True
@@ -105,11 +106,12 @@ def everything(ctx: FhirContext, conn: Connection, req: FhirRequest, target: Tar
     links = [("self", self_url)]
     if more:
         nxt = {**state, "ph": phase, "r": after, "q": pending if phase == REFERENCED else None}
-        links.append(("next", f"{req.base_url}/Patient/{pid}/$everything?_cursor={ctx.cursors.encode(nxt, ctx.clock())}"))
+        links.append(("next", f"{req.base_url}/Patient/{pid}/$everything?_cursor={ctx.cursors.encode(nxt, ctx.clock(), req.principal)}"))
     return FhirResponse(resource=bundle("searchset", entries, links=links, timestamp_us=ctx.clock()))
 
 
-def _members(pid: str, patient_rid: int, types: list[str] | None, since: int | None, after: int, limit: int) -> Any:
+def _members(pid: str, patient_rid: int, types: list[str] | None, since: int | None, after: int, limit: int,
+             care: list[int] | None = None) -> Any:
     # Pick the page's rids from the compartment index alone (ix_compartments_owner_rid, no sort), then
     # fetch content for just those: joining content first would read every member's JSON per page.
     page = (
@@ -122,6 +124,12 @@ def _members(pid: str, patient_rid: int, types: list[str] | None, since: int | N
         page = page.where(compartments.c.type.in_(types))
     if since is not None:
         page = page.join(resources, resources.c.rid == compartments.c.rid).where(resources.c.last_updated >= since)
+    if care is not None:
+        # start/end: members with a care date outside [start, end] are left out; members without one
+        # (an AllergyIntolerance without onset...) stay, as the operation's definition allows.
+        dated = select(idx_date.c.rid).where(idx_date.c.rid == compartments.c.rid, idx_date.c.param.in_(CARE_DATES))
+        overlapping = dated.where(idx_date.c.high >= care[0], idx_date.c.low <= care[1])
+        page = page.where(or_(~dated.exists(), overlapping.exists()))
     return (
         select(*_COLS).select_from(current_join())
         .where(resources.c.rid.in_(page.limit(limit)), resources.c.deleted.is_(False))
@@ -193,6 +201,24 @@ def _types(value: str | None) -> list[str] | None:
     if unknown:
         raise Invalid(f"_type: unknown resource type(s) {', '.join(unknown)}")
     return types
+
+
+# Search parameters that carry a member's care dates; it is in [start, end] when one of them overlaps.
+CARE_DATES = ("date", "onset-date", "authoredon", "recorded-date", "created", "issued", "period", "occurrence")
+
+
+def _care_dates(start: str | None, end: str | None) -> list[int] | None:
+    """``start``/``end`` (Patient-everything: "care provided in that period") as an inclusive µs range."""
+    if start is None and end is None:
+        return None
+    try:
+        low = date_range(start)[0] if start is not None else -(2**62)
+        high = date_range(end)[1] if end is not None else 2**62
+    except Invalid as e:
+        raise Invalid(f"start/end: {e.message}") from e
+    if low > high:
+        raise Invalid("start is after end")
+    return [low, high]
 
 
 def _since(value: str | None) -> int | None:

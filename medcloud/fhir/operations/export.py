@@ -8,13 +8,21 @@ the job and removes its files. Files are served by ``[base]/$export-file?_jobId=
 streamed from disk. Unsupported kick-off parameters are an error unless the client sent
 ``Prefer: handling=lenient``, in which case they are ignored and reported in the manifest's
 ``error`` OperationOutcome file (export.html#query-parameters).
+
+medcloud extension: ``_deidentify=true`` (or ``=safe-harbor``, ``=date-shift``, or the name of a
+policy file ``DATA_DIR/deid-policies/<name>.toml``) makes the job write de-identified resources
+(``security/deid``), pseudonymised with the server's own key, so pseudonyms agree across types
+and across exports. Files under DATA_DIR are encrypted at rest and decrypted while downloaded.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 import shutil
 import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -30,12 +38,24 @@ from medcloud.fhir.operations import Operation, Target, register
 from medcloud.fhir.operations._export_run import compartment_types, principal_to_json, run_export
 from medcloud.fhir.primitives import date_range
 from medcloud.fhir.resource_meta import http_date, instant
-from medcloud.jobs import CANCELLED, COMPLETED, FAILED, Handler, Job, JobControl, JobQueue, LeaseLost
+from medcloud.jobs import (
+    CANCELLED,
+    COMPLETED,
+    FAILED,
+    Handler,
+    Job,
+    JobControl,
+    JobQueue,
+    LeaseLost,
+    Permanent,
+)
+from medcloud.security.deid.files import line_transform, named_policy
 
 KIND = "bulk-export"
 OUTPUT_FORMATS = {"application/fhir+ndjson": "application/fhir+ndjson",
                   "application/ndjson": "application/ndjson", "ndjson": "application/fhir+ndjson"}
-_KNOWN = {"_outputFormat", "_since", "_type", "patient"}
+_KNOWN = {"_outputFormat", "_since", "_type", "patient", "_deidentify"}
+DEID_KEY = "deid-pseudonym-key"  # the server's pseudonymisation secret (security/keys.py)
 _FILE_RE = re.compile(r"^[A-Za-z]{1,64}\.\d{3,6}\.ndjson$")
 RETRY_AFTER_SECONDS = 2
 
@@ -68,6 +88,7 @@ def kickoff(ctx: FhirContext, conn: Connection | None, req: FhirRequest, target:
     types: list[str] | None = None
     since: int | None = None
     patients: list[str] | None = None
+    deid: str | None = None
     for name, value in params:
         if name == "_outputFormat":
             if value not in OUTPUT_FORMATS:
@@ -88,6 +109,8 @@ def kickoff(ctx: FhirContext, conn: Connection | None, req: FhirRequest, target:
             if not pid:
                 raise Invalid(f"patient must reference a Patient, not {value!r}")
             patients = (patients or []) + [pid]
+        elif name == "_deidentify":
+            deid = _deid_policy_name(ctx, value)
         else:
             unsupported(f"the kick-off parameter {name} is not supported")
 
@@ -116,11 +139,27 @@ def kickoff(ctx: FhirContext, conn: Connection | None, req: FhirRequest, target:
         "transaction_time": now,
         "principal": principal_to_json(req.principal),
         "warnings": warnings,
+        "deidentify": deid,
     }
     jid = queue_for(ctx).enqueue(KIND, request, owner=req.principal.subject)
     _wake_workers()
     return FhirResponse(status=202, headers={"Content-Location": _status_url(req.base_url, jid)},
                         resource=outcome_message(f"export {jid} accepted; poll the Content-Location URL"))
+
+
+def deid_policy_dir(settings: Settings) -> Path:
+    return settings.data_dir / "deid-policies"
+
+
+def _deid_policy_name(ctx: FhirContext, value: str) -> str | None:
+    """``_deidentify``: false, true or a policy name; checked now so a bad name is a 400, not a failed job."""
+    name = value.strip().lower()
+    if name in ("false", ""):
+        return None
+    if ctx.at_rest is None:
+        raise NotSupported("_deidentify needs the server's key store, which this server was built without")
+    named_policy(name, b"\0" * 32, deid_policy_dir(ctx.settings))
+    return "safe-harbor" if name == "true" else name
 
 
 def _parameters(req: FhirRequest) -> list[tuple[str, str]]:
@@ -237,7 +276,17 @@ def export_file(ctx: FhirContext, conn: Connection | None, req: FhirRequest, tar
     if not path.is_file():
         raise Gone(f"the file {name} of export {job.id} has expired")
     media = job.request.get("output_format", "application/fhir+ndjson")
-    return FhirResponse(status=200, file=path, media_type=media)
+    done = job.result or {}
+    size = next((f.get("size") for f in done.get("output", []) + done.get("error", []) if f["name"] == name), None)
+    if ctx.at_rest is None or size is None:
+        return FhirResponse(status=200, file=path, media_type=media)
+    # Decrypted while sent (constant memory). The first piece is read now, so a wrong key or a
+    # tampered header is an error response, not a cut-off 200. No Range support: a Range header
+    # is ignored and the whole file sent (RFC 9110 §14.2 allows that).
+    pieces = ctx.at_rest.iter_file(path)
+    first = next(pieces, b"")
+    return FhirResponse(status=200, stream=itertools.chain([first], pieces), media_type=media,
+                        headers={"Content-Length": str(size)})
 
 
 # ---------------------------------------------------------------- the job
@@ -248,8 +297,12 @@ def job_handler(ctx: FhirContext) -> Handler:
 
     def run(job: Job, control: JobControl) -> dict[str, Any]:
         out = export_dir(ctx.settings, job.id)
+        transform = None
+        if job.request.get("deidentify"):
+            transform = _deid_transform(ctx, job.request)
         try:
-            return run_export(ctx, job.request, out, job.state, control.checkpoint)
+            return run_export(ctx, job.request, out, job.state, control.checkpoint, at_rest=ctx.at_rest,
+                              transform=transform)
         except LeaseLost:
             now = control.queue.get(job.id)
             if now is None or now.status == CANCELLED:
@@ -257,6 +310,17 @@ def job_handler(ctx: FhirContext) -> Handler:
             raise
 
     return run
+
+
+def _deid_transform(ctx: FhirContext, request: dict[str, Any]) -> Callable[[bytes], bytes]:
+    if ctx.at_rest is None:
+        raise Permanent("_deidentify needs the server's key store")
+    try:
+        policy = named_policy(request["deidentify"], ctx.at_rest.keys.secret(DEID_KEY), deid_policy_dir(ctx.settings))
+    except Invalid as e:  # the policy file was removed or broken since the kick-off
+        raise Permanent(e.message) from e
+    year = datetime.fromtimestamp(request["transaction_time"] / 1e6, tz=UTC).year
+    return line_transform(policy, year)
 
 
 def purge_expired(ctx: FhirContext) -> int:

@@ -25,17 +25,19 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
+import orjson
 from sqlalchemy import func, select
 
-from medcloud.errors import Forbidden, Invalid, NotSupported
+from medcloud.errors import Invalid, NotSupported
 from medcloud.fhir import definitions
 from medcloud.fhir.bundles import bundle
 from medcloud.fhir.exchange import FhirResponse, operation_outcome
 from medcloud.fhir.search import include as _include
 from medcloud.fhir.search import results as _results
 from medcloud.fhir.search.parse import RESULT_PARAMS, WarnFn, parse_results, strict_handling
-from medcloud.fhir.search.plan import Planner, base_conditions, page_query
-from medcloud.storage.schema import compartments, resources
+from medcloud.fhir.search.plan import Planner, base_conditions, intersect_rids, page_query
+from medcloud.fhir.terminology import Terminology
+from medcloud.storage.schema import compartments, idx_uri, resources
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
@@ -52,7 +54,7 @@ class _Scope:
     key: str  # bound into cursors: "type:Patient", "system", "compartment:Patient/1/Observation"
     path: str  # relative URL of the search, for links
     types: tuple[str, ...] | None
-    extra: tuple[Any, ...] = ()  # additional SQL conditions (compartment membership)
+    rids: tuple[Any, ...] = ()  # rid sets the matches must be in (compartment membership), intersected
 
 
 def matches(ctx: FhirContext, conn: Connection, principal: Principal, rtype: str,
@@ -67,8 +69,10 @@ def matches(ctx: FhirContext, conn: Connection, principal: Principal, rtype: str
     for k, _ in query:
         if k.split(":", 1)[0] in RESULT_PARAMS:
             raise Invalid(f"{k} is not allowed in the criteria of a conditional interaction")
-    planner = Planner(base=ctx.settings.base_url.rstrip("/"), now_us=ctx.clock(), warn=WarnFn(strict=True))
-    conds = base_conditions(resources, (rtype,)) + planner.conditions(resources, (rtype,), query)
+    planner = Planner(base=ctx.settings.base_url.rstrip("/"), now_us=ctx.clock(), warn=WarnFn(strict=True),
+                      access=_access(ctx, principal), terminology=_terminology(ctx, conn))
+    conds = [*base_conditions(resources, (rtype,)), *planner.restrict(resources, (rtype,)),
+             *planner.conditions(resources, (rtype,), query)]
     stmt = select(resources.c.rid).where(*conds).order_by(resources.c.rid).limit(limit)
     rids = [r for (r,) in conn.execute(stmt)]
     return [s for s in ctx.store.read_rids(conn, rids) if ctx.guard.can_read(principal, s)]
@@ -103,10 +107,8 @@ def search_compartment(ctx: FhirContext, conn: Connection, req: FhirRequest, cty
         raise NotSupported(f"compartment search is supported for the Patient compartment only, not {ctype}")
     if rtype != "Patient" and rtype not in definitions.patient_compartment():
         raise Invalid(f"{rtype} is not part of the Patient compartment")
-    member = resources.c.rid.in_(
-        select(compartments.c.rid).where(
-            compartments.c.comp_type == ctype, compartments.c.comp_id == cid, compartments.c.type == rtype
-        )
+    member = select(compartments.c.rid).where(
+        compartments.c.comp_type == ctype, compartments.c.comp_id == cid, compartments.c.type == rtype
     )
     scope = _Scope(f"compartment:{ctype}/{cid}/{rtype}", f"{ctype}/{cid}/{rtype}", (rtype,), (member,))
     return _search(ctx, conn, req, scope)
@@ -122,13 +124,28 @@ def _state_query(ctx: FhirContext, req: FhirRequest, scope_key: str) -> list[tup
 
 def _cursor_state(ctx: FhirContext, req: FhirRequest, scope_key: str) -> dict[str, Any]:
     token = req.param("_cursor") or ""
-    state = ctx.cursors.decode(token, ctx.clock())
+    state = ctx.cursors.decode(token, ctx.clock(), req.principal)
     if state.get("k") != "search" or state.get("s") != scope_key:
         raise Invalid("this paging link belongs to another search")
-    p = req.principal
-    if state.get("sub") != p.subject or state.get("cid") != p.client_id:
-        raise Forbidden("this paging link was issued to someone else")
     return state
+
+
+def _terminology(ctx: FhirContext, conn: Connection) -> Terminology:
+    """R4's value sets and code systems, and the ValueSet/CodeSystem resources stored here (by ``url``)."""
+
+    def stored(rtype: str, canonical: str) -> dict[str, Any] | None:
+        url, _, version = canonical.partition("|")
+        rids = conn.execute(select(idx_uri.c.rid).where(idx_uri.c.type == rtype, idx_uri.c.param == "url",
+                                                        idx_uri.c.value == url)).scalars().all()
+        docs = [orjson.loads(s.content) for s in ctx.store.read_rids(conn, list(rids)) if s.content]
+        docs = [d for d in docs if not version or d.get("version") == version]
+        return docs[-1] if docs else None
+
+    return Terminology(stored)
+
+
+def _access(ctx: FhirContext, principal: Principal) -> Any:
+    return lambda rtype: ctx.guard.read_filter(principal, rtype)
 
 
 def _search(ctx: FhirContext, conn: Connection, req: FhirRequest, scope: _Scope) -> FhirResponse:
@@ -146,10 +163,13 @@ def _search(ctx: FhirContext, conn: Connection, req: FhirRequest, scope: _Scope)
     warn = WarnFn(strict_handling(req.header("prefer")))
     res = parse_results(query, default_count=ctx.settings.default_page_size,
                         max_count=ctx.settings.max_page_size, warn=warn)
-    planner = Planner(base=base, now_us=now, warn=warn)
+    planner = Planner(base=base, now_us=now, warn=warn, access=_access(ctx, req.principal),
+                      terminology=_terminology(ctx, conn))
     filters = [(k, v) for k, v in query if not (k == "_type" and scope.key == "system")]
-    conds = [*base_conditions(resources, scope.types), *scope.extra,
-             *planner.conditions(resources, scope.types, filters)]
+    sets, others = planner.filters(resources, scope.types, filters)
+    sets = [*scope.rids, *sets]
+    conds = [*base_conditions(resources, scope.types, narrowed=bool(sets)), *planner.restrict(resources, scope.types),
+             *([resources.c.rid.in_(intersect_rids(sets))] if sets else []), *others]
     keys = planner.sort_keys(resources, scope.types, res.sort)
     used = [(k, v) for k, v in query if (k, v) not in warn.ignored and k != "_cursor"]
 
@@ -177,9 +197,8 @@ def _search(ctx: FhirContext, conn: Connection, req: FhirRequest, scope: _Scope)
         entries += [_results.entry(base, s, "include", res.summary, None) for s in extra]
 
         def cursor(row: Any, direction: str) -> str:
-            state = {"k": "search", "s": scope.key, "q": used, "a": [*row[1:], row[0]], "d": direction, "t": total,
-                     "sub": req.principal.subject, "cid": req.principal.client_id}
-            return _url(base, scope.path, [("_cursor", ctx.cursors.encode(state, now))])
+            state = {"k": "search", "s": scope.key, "q": used, "a": [*row[1:], row[0]], "d": direction, "t": total}
+            return _url(base, scope.path, [("_cursor", ctx.cursors.encode(state, now, req.principal))])
 
         if position is not None:
             links.append(("first", first))

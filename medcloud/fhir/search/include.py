@@ -6,7 +6,10 @@ Only local references (relative, or absolute on this server's base) are followed
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, and_, or_, select
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy import Connection, Select, and_, bindparam, or_, select
 
 from medcloud.fhir import definitions
 from medcloud.fhir.context import FhirContext
@@ -57,23 +60,37 @@ def _include(conn: Connection, base: str, spec: Include, frontier: list[Stored])
     rids = [s.rid for s in frontier if spec.source is None or s.type == spec.source]
     if not rids:
         return []
-    r = idx_reference
-    local = or_(r.c.url.is_(None), r.c.url.startswith(base.rstrip("/") + "/", autoescape=True))
+    stmt = _include_stmt(spec.param == "*", spec.target is not None)
+    prefix = base.rstrip("/") + "/"
+    params: dict[str, Any] = {"local": prefix.replace("/", "//").replace("%", "/%").replace("_", "/_") + "%"}
+    if spec.param != "*":
+        params["param"] = spec.param
+    if spec.target is not None:
+        params["target"] = spec.target
     out: list[tuple[str, str]] = []
     for chunk in _chunks(rids):
-        stmt = select(r.c.target_type, r.c.target_id).where(
-            r.c.rid.in_(chunk), r.c.target_type.is_not(None), r.c.target_id.is_not(None), local
-        )
-        if spec.source is not None:
-            stmt = stmt.where(r.c.type == spec.source)
-        if spec.param != "*":
-            stmt = stmt.where(r.c.param == spec.param)
-        else:
-            stmt = stmt.where(~r.c.param.contains("#"))
-        if spec.target is not None:
-            stmt = stmt.where(r.c.target_type == spec.target)
-        out += [(t, i) for t, i in conn.execute(stmt)]
+        out += [(t, i) for t, i in conn.execute(stmt, {**params, "rids": chunk})]
     return out
+
+
+@lru_cache(maxsize=4)
+def _include_stmt(any_param: bool, typed: bool) -> Select[Any]:
+    """The _include lookup for one shape, built once (building it per request cost more than running it).
+
+    No ``type = source``: the rids are of that type already, and leaving it out leaves the
+    (rid, param) index as the only way in (without statistics SQLite preferred scanning every
+    reference of the type through the (type, param, ...) indexes). ``local`` is a LIKE pattern
+    escaped with ``/``, as ``startswith(autoescape=True)`` would.
+    """
+    r = idx_reference
+    stmt = select(r.c.target_type, r.c.target_id).where(
+        r.c.rid.in_(bindparam("rids", expanding=True)), r.c.target_type.is_not(None), r.c.target_id.is_not(None),
+        or_(r.c.url.is_(None), r.c.url.like(bindparam("local"), escape="/")),
+    )
+    stmt = stmt.where(~r.c.param.contains("#")) if any_param else stmt.where(r.c.param == bindparam("param"))
+    if typed:
+        stmt = stmt.where(r.c.target_type == bindparam("target"))
+    return stmt
 
 
 def _revinclude(conn: Connection, spec: Include, frontier: list[Stored]) -> list[int]:

@@ -21,7 +21,7 @@ RESULT_PARAMS = frozenset({
     "_containedType", "_cursor", "_format", "_pretty",
 })
 # Accepted by the grammar but not implemented: ignored with a warning (lenient) or 400 (strict).
-UNSUPPORTED_PARAMS = frozenset({"_text", "_content", "_list", "_query", "_filter", "_contained", "_containedType"})
+UNSUPPORTED_PARAMS = frozenset({"_list", "_query", "_filter", "_contained", "_containedType"})
 
 SUMMARY_MODES = frozenset({"true", "false", "text", "data", "count"})
 TOTAL_MODES = frozenset({"none", "estimate", "accurate"})

@@ -8,9 +8,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, Table, text
+from sqlalchemy import Connection, Table, Text, text
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql import Insert
+from sqlalchemy.sql.functions import FunctionElement
 
 
 class Dialect(Protocol):
@@ -78,3 +80,42 @@ def dialect_for(name: str) -> Dialect:
     if name == "postgresql":
         return PostgresDialect()
     raise ValueError(f"unsupported database dialect {name!r} (use SQLite or PostgreSQL)")
+
+
+# ---------------------------------------------------------------- SQL functions that differ
+
+
+class json_text(FunctionElement[str]):
+    """The stored UTF-8 JSON bytes of a resource as text (``_content`` search)."""
+
+    type = Text()
+    inherit_cache = True
+    name = "json_text"
+
+
+class narrative_text(FunctionElement[str]):
+    """``text.div`` of the stored JSON bytes of a resource, or NULL (``_text`` search)."""
+
+    type = Text()
+    inherit_cache = True
+    name = "narrative_text"
+
+
+@compiles(json_text, "sqlite")
+def _json_text_sqlite(element: json_text, compiler: Any, **kw: Any) -> str:
+    return f"CAST({compiler.process(element.clauses, **kw)} AS TEXT)"
+
+
+@compiles(json_text, "postgresql")
+def _json_text_pg(element: json_text, compiler: Any, **kw: Any) -> str:
+    return f"convert_from({compiler.process(element.clauses, **kw)}, 'UTF8')"
+
+
+@compiles(narrative_text, "sqlite")
+def _narrative_sqlite(element: narrative_text, compiler: Any, **kw: Any) -> str:
+    return f"json_extract(CAST({compiler.process(element.clauses, **kw)} AS TEXT), '$.text.div')"
+
+
+@compiles(narrative_text, "postgresql")
+def _narrative_pg(element: narrative_text, compiler: Any, **kw: Any) -> str:
+    return f"(convert_from({compiler.process(element.clauses, **kw)}, 'UTF8')::jsonb -> 'text' ->> 'div')"

@@ -130,3 +130,29 @@ def test_everything_of_a_synthea_patient_matches_counts_from_the_file(client, se
     got, _ = _all_pages(client, f"/fhir/Patient/{pid}/$everything", _count=200)
     assert len(got) == len(set(got))
     assert set(got) == expected
+
+
+def test_everything_start_end_keeps_care_in_the_period_and_undated_members(client):
+    def put(resource: dict[str, Any]) -> None:
+        assert client.put(f"/fhir/{resource['resourceType']}/{resource['id']}", json=resource).status_code in (200, 201)
+
+    put({"resourceType": "Patient", "id": "pt"})
+    for i, when in enumerate(("2019-06-01", "2020-03-15", "2021-11-30")):
+        put({"resourceType": "Observation", "id": f"o{i}", "status": "final", "code": {"text": "x"},
+             "subject": {"reference": "Patient/pt"}, "effectiveDateTime": when})
+    put({"resourceType": "Encounter", "id": "e", "status": "finished", "subject": {"reference": "Patient/pt"},
+         "class": {"code": "AMB"}, "period": {"start": "2019-12-30", "end": "2020-01-02"}})
+    put({"resourceType": "Condition", "id": "c", "subject": {"reference": "Patient/pt"}, "onsetDateTime": "2018-01-01"})
+    put({"resourceType": "AllergyIntolerance", "id": "a", "patient": {"reference": "Patient/pt"}})  # undated
+
+    def keys(**params: str) -> set[str]:
+        r = client.get("/fhir/Patient/pt/$everything", params=params)
+        assert r.status_code == 200, r.text
+        return {_key(e) for e in r.json()["entry"]}
+
+    assert keys(start="2020-01-01", end="2020-12-31") == {"Patient/pt", "Observation/o1", "Encounter/e",
+                                                          "AllergyIntolerance/a"}
+    assert keys(start="2021") == {"Patient/pt", "Observation/o2", "AllergyIntolerance/a"}
+    assert keys(end="2018-12") == {"Patient/pt", "Condition/c", "AllergyIntolerance/a"}
+    assert client.get("/fhir/Patient/pt/$everything", params={"start": "2021", "end": "2020"}).status_code == 400
+    assert client.get("/fhir/Patient/pt/$everything", params={"start": "soon"}).status_code == 400

@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
+from medcloud.fhir.exchange import SYSTEM
 from medcloud.fhir.operations import _export_run, export
 from medcloud.jobs import Permanent
 
@@ -197,7 +198,7 @@ class Killed(Exception):
 def test_interrupted_export_resumes_without_duplicates(loaded_graph, services, tmp_path: Path, monkeypatch):
     monkeypatch.setattr(_export_run, "BATCH", 1)
     ctx = services.fhir
-    request = {"level": "system", "types": None, "since": None, "patients": None, "principal": {}, "warnings": []}
+    request = {"level": "system", "types": None, "since": None, "patients": None, "principal": _export_run.principal_to_json(SYSTEM), "warnings": []}
     saved: list[dict[str, Any]] = []
 
     def dying(state: dict[str, Any]) -> None:
@@ -245,7 +246,7 @@ def test_a_killed_workers_export_is_resumed_by_another_worker(stored_graph, sett
     ctx = stored_graph.fhir
     now = [ctx.clock()]
     queue = JobQueue(ctx.db, clock=lambda: now[0], lease_seconds=10)
-    request = {"level": "system", "types": None, "since": None, "patients": None, "principal": {},
+    request = {"level": "system", "types": None, "since": None, "patients": None, "principal": _export_run.principal_to_json(SYSTEM),
                "warnings": [], "transaction_time": now[0], "request_url": "x"}
     jid = queue.enqueue(export.KIND, request, owner="anonymous")
     handler = export.job_handler(ctx)
@@ -268,5 +269,5 @@ def test_a_killed_workers_export_is_resumed_by_another_worker(stored_graph, sett
     assert done.status == COMPLETED and done.attempts == 2
     out = settings.data_dir / "exports" / jid
     seen = [f"{f['type']}/{orjson.loads(x)['id']}" for f in done.result["output"]
-            for x in (out / f["name"]).read_bytes().splitlines()]
+            for x in b"".join(ctx.at_rest.iter_file(out / f["name"])).splitlines()]  # encrypted at rest
     assert sorted(seen) == sorted(ALL)

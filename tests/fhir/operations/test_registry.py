@@ -10,7 +10,7 @@ def test_capability_statement_lists_operations_with_their_definitions(client):
     rest = cs["rest"][0]
     system = {o["name"]: o["definition"] for o in rest["operation"]}
     assert system == {"export": BULK + "export", "meta": "http://hl7.org/fhir/OperationDefinition/Resource-meta"}
-    by_type = {r["type"]: {o["name"]: o["definition"] for o in r["operation"]} for r in rest["resource"]}
+    by_type = {r["type"]: {o["name"]: o["definition"] for o in r.get("operation", [])} for r in rest["resource"]}
     assert by_type["Patient"]["everything"] == "http://hl7.org/fhir/OperationDefinition/Patient-everything"
     assert by_type["Patient"]["export"] == BULK + "patient-export"
     assert by_type["Group"]["export"] == BULK + "group-export"

@@ -81,16 +81,16 @@ def test_total_travels_with_the_next_link(api):
 
 def test_unknown_parameter_is_ignored_and_reported_in_lenient_mode(api):
     a = api.create(api.patient("A"))
-    b = api.search("Patient", {"nonsense": "1", "_text": "x", "family": "a"})
+    b = api.search("Patient", {"nonsense": "1", "_list": "x", "family": "a"})
     assert [e["resource"]["id"] for e in b["entry"] if e["search"]["mode"] == "match"] == [a]
     outcome = b["entry"][-1]
     assert outcome["search"]["mode"] == "outcome"
     diagnostics = " ".join(i["diagnostics"] for i in outcome["resource"]["issue"])
-    assert "nonsense" in diagnostics and "_text" in diagnostics
+    assert "nonsense" in diagnostics and "_list" in diagnostics
     assert all(i["severity"] == "warning" for i in outcome["resource"]["issue"])
 
 
-@pytest.mark.parametrize("param", ["nonsense", "_content", "_list", "_filter"])
+@pytest.mark.parametrize("param", ["nonsense", "_query", "_list", "_filter"])
 def test_unknown_parameter_is_400_with_strict_handling(api, param):
     r = api.get("Patient", {param: "1"}, headers={"Prefer": "handling=strict"})
     assert r.status_code == 400 and r.json()["resourceType"] == "OperationOutcome"
@@ -119,3 +119,21 @@ def test_sql_looking_values_never_leak_or_fail(api, value):
     for p in ("birthdate", "_id", "organization", "_lastUpdated"):
         assert api.status("Patient", {p: value}) == 400, p
     assert api.ids("Patient") == {a}
+
+
+def test_content_and_text_search_the_resource_and_its_narrative(api):
+    def narrative(words):
+        return {"status": "generated", "div": f'<div xmlns="http://www.w3.org/1999/xhtml">{words}</div>'}
+
+    a = api.create({**api.patient("Zorro"), "text": narrative("Prefers Spanish; allergic to Penicillin")})
+    b = api.create({**api.patient("Alvarez"), "text": narrative("No known allergies")})
+    c = api.create({**api.patient("Penicillin-Free"), "gender": "female"})
+    assert api.ids("Patient", {"_text": "penicillin"}) == {a}
+    assert api.ids("Patient", {"_content": "penicillin"}) == {a, c}
+    assert api.ids("Patient", {"_content": "PENICILLIN", "gender": "female"}) == {c}
+    assert api.ids("Patient", {"_text": "spanish,known"}) == {a, b}  # comma: OR
+    assert api.ids("Patient", {"_text": ["allerg", "known"]}) == {b}  # repetition: AND
+    assert api.ids("Patient", {"_content": "100%_"}) == set()  # LIKE wildcards are literal
+    assert api.ids("", {"_content": "alvarez", "_type": "Patient,Observation"}) == {b}
+    assert api.status("Patient", {"_text:exact": "x"}) == 400
+    assert api.status("Patient", {"_content": ""}) == 400

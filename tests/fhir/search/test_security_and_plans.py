@@ -22,6 +22,12 @@ class _HideOne:
     def may_write(self, principal, rtype, resource):
         return True
 
+    def may_delete(self, principal, stored):
+        return True
+
+    def read_filter(self, principal, rtype):
+        return None  # no SQL restriction: exercises the per-resource filter behind it
+
 
 def test_matches_and_includes_the_guard_refuses_are_left_out(api, services):
     api.put(api.patient("Seen", id="seen"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from urllib.parse import parse_qs, urlparse
 
 from medcloud.fhir import router
-from medcloud.fhir.exchange import FhirRequest, Principal
+from medcloud.fhir.exchange import ANONYMOUS_SCOPES, FhirRequest, Principal
 
 
 def _all_pages(api, path, params):
@@ -140,10 +140,12 @@ def test_cursor_is_bound_to_its_search_and_to_who_asked(api, services):
     nxt = api.link(api.search("Patient", {"_count": 1}), "next")
     token = parse_qs(urlparse(nxt).query)["_cursor"][0]
     assert api.status("Observation", {"_cursor": token}) == 400
-    other = FhirRequest("GET", "Patient", [("_cursor", token)], principal=Principal(subject="mallory"))
+    other = FhirRequest("GET", "Patient", [("_cursor", token)], principal=Principal(subject="mallory", scopes=ANONYMOUS_SCOPES))
     assert router.handle(services.fhir, other).status == 403
-    same = FhirRequest("GET", "Patient", [("_cursor", token)], principal=Principal(subject="anonymous"))
-    assert router.handle(services.fhir, same).status == 200
+    narrower = Principal(subject="anonymous", scopes=("system/Patient.rs",))
+    assert router.handle(services.fhir, FhirRequest("GET", "Patient", [("_cursor", token)], principal=narrower)).status == 403
+    same = Principal(subject="anonymous", scopes=ANONYMOUS_SCOPES)
+    assert router.handle(services.fhir, FhirRequest("GET", "Patient", [("_cursor", token)], principal=same)).status == 200
 
 
 def test_self_link_shows_only_the_parameters_used(api):

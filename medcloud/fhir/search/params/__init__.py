@@ -13,14 +13,16 @@ from sqlalchemy import ColumnElement
 
 from medcloud.errors import Invalid
 from medcloud.fhir.search.params import date, number, quantity, reference, string, token, uri
+from medcloud.fhir.terminology import Terminology
 
 
-def parse_value(ptype: str, raw: str, modifier: str | None, *, targets: tuple[str, ...] = (), base: str = "") -> Any:
+def parse_value(ptype: str, raw: str, modifier: str | None, *, targets: tuple[str, ...] = (), base: str = "",
+                terminology: Terminology | None = None) -> Any:
     """One (OR-) value of a parameter of type ``ptype``; raises ``Invalid``."""
     if ptype == "string":
         return string.parse(raw, modifier)
     if ptype == "token":
-        return token.parse(raw, modifier)
+        return token.parse(raw, modifier, terminology)
     if ptype == "date":
         return date.parse(raw)
     if ptype == "number":

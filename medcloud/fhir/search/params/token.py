@@ -1,19 +1,22 @@
-"""token parameters (search.html#token): code, system|code, |code, system|, :not, :text, :of-type."""
+"""token parameters (search.html#token): code, system|code, |code, system|, :not, :text, :of-type,
+:in / :not-in (ValueSet expansion) and :above / :below (code-system subsumption), see fhir/terminology.py."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, FromClause, and_, or_
+from sqlalchemy import ColumnElement, FromClause, and_, false, or_
 
 from medcloud.errors import Invalid, NotSupported
 from medcloud.fhir.primitives import normalise_string
 from medcloud.fhir.search.params.string import starts_with
 from medcloud.fhir.search.parse import split_escaped, unescape
+from medcloud.fhir.terminology import Expansion, Terminology
 
-MODIFIERS = frozenset({"not", "text", "of-type"})
-UNSUPPORTED = frozenset({"in", "not-in", "above", "below"})
+MODIFIERS = frozenset({"not", "text", "of-type", "in", "not-in", "above", "below"})
+UNSUPPORTED: frozenset[str] = frozenset()
+TERMINOLOGY = frozenset({"in", "not-in", "above", "below"})
 
 _LOOKS_PREFIXED = re.compile(r"(eq|ne|gt|lt|ge|le|sa|eb|ap)[0-9]")
 
@@ -24,11 +27,20 @@ class TokenValue:
     code: str | None = None
     no_system: bool = False  # "|code": only codes without a system
     text: str | None = None  # :text
+    expansion: Expansion | None = None  # :in, :not-in (the value set), :above, :below (the related codes)
 
 
-def parse(raw: str, modifier: str | None) -> TokenValue:
-    if modifier in UNSUPPORTED:
-        raise NotSupported(f"the :{modifier} modifier on token parameters is not supported (no terminology server)")
+def parse(raw: str, modifier: str | None, terminology: Terminology | None = None) -> TokenValue:
+    if modifier in TERMINOLOGY:
+        if terminology is None:
+            raise NotSupported(f"the :{modifier} modifier needs terminology, which is not available here")
+        if modifier in ("in", "not-in"):
+            return TokenValue(expansion=terminology.with_bare_codes(terminology.expand(unescape(raw))))
+        parts = split_escaped(raw, "|")
+        if len(parts) != 2 or not parts[0] or not parts[1]:
+            raise Invalid(f":{modifier} needs system|code, not {raw!r}")
+        return TokenValue(expansion=terminology.with_bare_codes(
+            terminology.subsumption(unescape(parts[0]), unescape(parts[1]), modifier)))
     if modifier == "text":
         text = normalise_string(unescape(raw))
         if not text:
@@ -54,6 +66,13 @@ def parse(raw: str, modifier: str | None) -> TokenValue:
 
 
 def predicate(t: FromClause, v: TokenValue) -> ColumnElement[bool]:
+    if v.expansion is not None:
+        e = v.expansion
+        alts = [t.c.system == s for s in sorted(e.systems)]
+        alts += [and_(t.c.system == s, t.c.code.in_(codes)) for s, codes in e.by_system().items()]
+        if e.bare:
+            alts.append(and_(t.c.system.is_(None), t.c.code.in_(sorted(e.bare))))
+        return or_(*alts) if alts else false()
     if v.text is not None:
         return or_(starts_with(t.c.text, v.text), t.c.text.contains(" " + v.text, autoescape=True))
     conds = []
