@@ -32,6 +32,7 @@ from medcloud.security.crypto import (
     is_encrypted,
     iter_decrypt_stream,
     iter_records,
+    read_full,
 )
 from medcloud.security.keys import KeyStore
 from medcloud.storage.sql.database import Database
@@ -184,14 +185,7 @@ def _head(f: BinaryIO) -> bytes:
     """The first bytes of a file, enough for any header (re-read from offset 0 when seekable)."""
     if f.seekable():
         f.seek(0)
-    parts, got = [], 0
-    while got < STREAM_HEADER_SIZE:
-        b = f.read(STREAM_HEADER_SIZE - got)
-        if not b:
-            break
-        parts.append(b)
-        got += len(b)
-    return b"".join(parts)
+    return read_full(f, STREAM_HEADER_SIZE)
 
 
 class _IterReader(io.RawIOBase):

@@ -181,9 +181,9 @@ def encrypt_stream(src: BinaryIO, dst: BinaryIO, keyring: Keyring, *, chunk_size
     aad = head + chunk_size.to_bytes(4, "big") + nonce_prefix
     written = dst.write(head + keyring.wrap(data_key, STREAM) + chunk_size.to_bytes(4, "big") + nonce_prefix)
     i = 0
-    chunk = _read_full(src, chunk_size)
+    chunk = read_full(src, chunk_size)
     while True:
-        following = _read_full(src, chunk_size) if len(chunk) == chunk_size else b""
+        following = read_full(src, chunk_size) if len(chunk) == chunk_size else b""
         last = not following
         written += dst.write(aead.encrypt(_chunk_nonce(nonce_prefix, i, last), chunk, aad))
         if last:
@@ -209,7 +209,7 @@ def iter_decrypt_stream(src: BinaryIO, keyring: Keyring, *, header: bytes | None
     rotation) passes it with the data key it unwrapped.
     """
     if header is None:
-        header = _read_full(src, HEADER_SIZE + _STREAM_FIELDS)
+        header = read_full(src, HEADER_SIZE + _STREAM_FIELDS)
     _check_header(header, STREAM)
     if data_key is None:
         data_key = keyring.unwrap(header[5:HEADER_SIZE], STREAM)
@@ -223,9 +223,9 @@ def iter_decrypt_stream(src: BinaryIO, keyring: Keyring, *, header: bytes | None
     aead = AESGCM(data_key)
     size = chunk_size + _TAG
     i = 0
-    chunk = _read_full(src, size)
+    chunk = read_full(src, size)
     while True:
-        following = _read_full(src, size) if len(chunk) == size else b""
+        following = read_full(src, size) if len(chunk) == size else b""
         last = not following
         if len(chunk) < _TAG:
             raise DecryptionError("stream is truncated")
@@ -248,7 +248,7 @@ def _chunk_nonce(prefix: bytes, i: int, last: bool) -> bytes:
     return prefix + i.to_bytes(4, "big") + (b"\x01" if last else b"\x00")
 
 
-def _read_full(src: BinaryIO, n: int) -> bytes:
+def read_full(src: BinaryIO, n: int) -> bytes:
     parts, got = [], 0
     while got < n:
         b = src.read(n - got)
@@ -401,18 +401,18 @@ def iter_records(src: BinaryIO, keyring: Keyring, *, header: bytes | None = None
                  data_key: bytes | None = None) -> Iterator[bytes]:
     """The plaintext of a mode 3 file, record by record; ``DecryptionError`` on any change."""
     if header is None:
-        header = _read_full(src, HEADER_SIZE)
+        header = read_full(src, HEADER_SIZE)
     _check_header(header, RECORDS)
     aead = AESGCM(data_key if data_key is not None else keyring.unwrap(header[5:HEADER_SIZE], RECORDS))
     index = 0
     while True:
-        head = _read_full(src, _REC_HEAD)
+        head = read_full(src, _REC_HEAD)
         if len(head) < _REC_HEAD:
             raise DecryptionError("record file is truncated")
         length, last = int.from_bytes(head[:4], "big"), head[4] == 1
         if length > MAX_RECORD or head[4] > 1:
             raise DecryptionError(f"record {index} has a corrupt header")
-        body = _read_full(src, length + _TAG)
+        body = read_full(src, length + _TAG)
         try:
             plain = aead.decrypt(head[5:], body, _record_aad(index, last, length))
         except InvalidTag:
