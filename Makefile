@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup serve test dcmtk bench lint check fmt clean spec
+.PHONY: setup serve test dcmtk orthanc bench bench-imaging lint check fmt clean spec
 
 setup: $(STAMP)
 
@@ -30,6 +30,18 @@ dcmtk:
 bench: setup
 	@command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
 	$(BIN)/python bench/run.py
+
+# Orthanc + its DICOMweb plugin: the side-by-side peer of bench/imaging.py and bench/dimse.py. The
+# Debian package starts a system Orthanc (ports 4242/8042); the benchmarks run their own, so stop it.
+orthanc:
+	@command -v Orthanc >/dev/null && dpkg -s orthanc-dicomweb >/dev/null 2>&1 || \
+		(apt-get update && apt-get install -y orthanc orthanc-dicomweb && \
+		 (service orthanc stop >/dev/null 2>&1 || true))
+
+# DICOMweb vs Orthanc (STOW-RS, QIDO-RS, WADO-RS metadata, rendered); BENCH_ARGS=--quick for a smoke run.
+BENCH_ARGS ?=
+bench-imaging: setup orthanc
+	$(BIN)/python bench/imaging.py $(BENCH_ARGS)
 
 lint: setup
 	$(BIN)/ruff check medcloud tests bench tools

@@ -17,92 +17,15 @@ import datetime as dt
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-ROOT = Path(__file__).resolve().parent.parent
-CACHE = ROOT / "bench" / "data" / "dimse"
-RESULTS = ROOT / "bench" / "results"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def generate(n: int, size: int) -> Path:
-    """N CT instances of size x size (16-bit), 100 per series, 500 per study, 10 studies per patient."""
-    out = CACHE / f"ct{size}-{n}"
-    if out.exists() and len(list(out.glob("*.dcm"))) == n:
-        return out
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    pixels = (np.add.outer(np.arange(size), np.arange(size)) % 4096).astype(np.uint16).tobytes()
-    for i in range(n):
-        study, series = i // 500, i // 100
-        ds = Dataset()
-        ds.SOPClassUID = CTImageStorage
-        ds.SOPInstanceUID = generate_uid(entropy_srcs=[f"bench-dimse-{size}-{n}-sop-{i}"])
-        ds.StudyInstanceUID = generate_uid(entropy_srcs=[f"bench-dimse-{size}-{n}-study-{study}"])
-        ds.SeriesInstanceUID = generate_uid(entropy_srcs=[f"bench-dimse-{size}-{n}-series-{series}"])
-        ds.PatientID = f"BENCH-{study // 10:04d}"
-        ds.PatientName = f"Bench^Patient{study // 10}"
-        ds.PatientBirthDate = "19700101"
-        ds.PatientSex = "O"
-        ds.StudyDate = f"2024{1 + study % 12:02d}15"
-        ds.StudyTime = "120000"
-        ds.AccessionNumber = f"ACC{study:06d}"
-        ds.StudyDescription = "bench"
-        ds.StudyID = str(study)
-        ds.ReferringPhysicianName = ""
-        ds.Modality = "CT"
-        ds.SeriesNumber = series % 5 + 1
-        ds.InstanceNumber = i % 100 + 1
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.Rows = ds.Columns = size
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-        ds.PixelData = pixels
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = ds.SOPClassUID
-        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.file_meta = meta
-        ds.save_as(out / f"{i:06d}.dcm", enforce_file_format=True)
-    return out
-
-
-def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{proc.args[0]} did not listen on {port}")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+from _dicom import RESULTS, ROOT, Orthanc, free_port, generate, stop, wait_port  # noqa: E402
 
 
 def storescu(port: int, aec: str, folder: Path, parallel: int) -> dict[str, float | int]:
@@ -146,25 +69,10 @@ def run_medcloud(folder: Path, work: Path, db: str | None, parallel: int) -> dic
 
 
 def run_orthanc(folder: Path, work: Path, parallel: int) -> dict[str, float | int] | None:
-    exe = shutil.which("Orthanc")
-    if exe is None:
+    if shutil.which("Orthanc") is None:
         return None
-    port, http = free_port(), free_port()
-    store = work / "orthanc"
-    store.mkdir()
-    cfg = {"Name": "bench", "StorageDirectory": str(store / "storage"), "IndexDirectory": str(store / "index"),
-           "DicomAet": "ORTHANC", "DicomPort": port, "HttpPort": http, "RemoteAccessAllowed": False,
-           "AuthenticationEnabled": False, "DicomCheckCalledAet": False, "Plugins": [],
-           "StorageCompression": False, "DicomAlwaysAllowStore": True}
-    (store / "orthanc.json").write_text(json.dumps(cfg))
-    log = open(work / "orthanc.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([exe, str(store / "orthanc.json")], stdout=log, stderr=log, start_new_session=True)
-    try:
-        wait_port(port, proc)
-        return storescu(port, "ORTHANC", folder, parallel)
-    finally:
-        stop(proc)
-        log.close()
+    with Orthanc(work) as orthanc:
+        return storescu(orthanc.dicom_port, "ORTHANC", folder, parallel)
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from medcloud import __version__
+from medcloud.ai import http as ai_http
 from medcloud.config import Settings
 from medcloud.fhir import http as fhir_http
 from medcloud.fhir.context import FhirContext
@@ -119,7 +120,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
     app = Starlette(
         # OAuth routes first: /fhir/.well-known/smart-configuration must not reach the FHIR catch-all.
         routes=[Route("/", root), Route("/healthz", health), *oauth_routes(svc.fhir), *fhir_routes,
-                *dicomweb.routes(svc)],
+                *dicomweb.routes(svc), *ai_http.routes(svc)],
         lifespan=lifespan,
     )
     app.state.services = svc

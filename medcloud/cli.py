@@ -141,7 +141,9 @@ def _register_subcommands() -> None:
     for module, name in (("medcloud.fhir.cli", None), ("medcloud.analytics.cli", "sof"),
                          ("medcloud.security.audit_cli", "audit"), ("medcloud.security.oauth.cli", "admin"),
                          ("medcloud.security.keys_cli", "keys"), ("medcloud.security.deid.cli", None),
-                         ("medcloud.imaging.dimse.cli", "dicom")):
+                         ("medcloud.imaging.dimse.cli", "dicom"),
+                         ("medcloud.analytics.cohort_cli", "cohort"), ("medcloud.analytics.stats_cli", "stats"),
+                         ("medcloud.ai.cli", "ai"), ("medcloud.analytics.ml_cli", "ml")):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as e:

@@ -110,6 +110,24 @@ class Settings(BaseSettings):
     dicom_ae_title: str = Field(default="MEDCLOUD", min_length=1, max_length=16)
     dicom_remotes: list[RemoteAE] = Field(default_factory=list)
     dicom_allow_unknown: bool = False
+    # SCP processes sharing the DIMSE port (SO_REUSEPORT; the kernel spreads associations over
+    # them). One process tops out near one core (pynetdicom's polling threads + our store path
+    # under one GIL); more help only where the database takes concurrent writers (PostgreSQL) and
+    # cores are spare: on 2 cores with SQLite, 2 processes were slower (docs/imaging.md).
+    dicom_processes: int = Field(default=1, ge=1, le=64)
+    # Where DICOM instance files live (docs/imaging.md "Object storage (S3)"): "local" (DATA_DIR/dicom)
+    # or "s3://bucket/prefix" (any S3-compatible store: AWS, MinIO, Ceph RGW). Credentials come from
+    # boto3's standard chain (AWS_ACCESS_KEY_ID/..., AWS_PROFILE, instance role), never from here.
+    blob_store: str = "local"
+    s3_endpoint_url: str = ""  # empty = AWS; e.g. http://minio:9000
+    s3_region: str = ""  # empty = boto3's chain (AWS_REGION / profile), else us-east-1
+
+    @field_validator("blob_store")
+    @classmethod
+    def _blob_store(cls, v: str) -> str:
+        if v != "local" and not (v.startswith("s3://") and len(v) > 5 and not v[5:].startswith("/")):
+            raise ValueError(f"blob_store must be 'local' or 's3://bucket[/prefix]', got {v!r}")
+        return v
 
     @classmethod
     def settings_customise_sources(

@@ -6,9 +6,11 @@ Mounted by medcloud/cli.py as ``medcloud sof``. Exit codes: 0 ok, 1 conformance 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -16,13 +18,15 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from medcloud.analytics.conformance import report, run_suite
-from medcloud.analytics.engines._sources import source_from_path
+from medcloud.analytics.engines._sources import ResourcesSource, Source, source_from_path
 from medcloud.analytics.engines.duckdb import DuckDBEngine
-from medcloud.analytics.errors import EngineUnavailable, EvaluationError
+from medcloud.analytics.errors import EngineUnavailable, EvaluationError, SourceError
 from medcloud.errors import Invalid, MedcloudError
 
 if TYPE_CHECKING:
     from medcloud.analytics.engines.spark import SparkEngine
+    from medcloud.analytics.remote import Credentials
+    from medcloud.storage.sql.database import Database
 
 app = typer.Typer(name="sof", help="SQL-on-FHIR v2 views on DuckDB or Spark.", no_args_is_help=True)
 
@@ -65,6 +69,18 @@ SparkMaster = Annotated[
 ]
 
 
+DbOption = Annotated[str | None, typer.Option("--db", help="database URL of a medcloud store (PostgreSQL)")]
+TokenOption = Annotated[str | None, typer.Option("--token", help="bearer token for a server URL source "
+                                                 "(default $MEDCLOUD_TOKEN)")]
+ClientIdOption = Annotated[str | None, typer.Option("--client-id", help="client_credentials: client id")]
+ClientSecretOption = Annotated[str | None, typer.Option("--client-secret", help="client_credentials: secret",
+                                                        envvar="MEDCLOUD_CLIENT_SECRET")]
+TokenUrlOption = Annotated[str | None, typer.Option("--token-url", help="token endpoint (default: from the "
+                                                    "server's .well-known/smart-configuration)")]
+ScopeOption = Annotated[str, typer.Option("--scope", help="scopes to ask for with client_credentials")]
+_EMPTY = ResourcesSource(())
+
+
 @app.command("test")
 def test(
     path: Annotated[Path, typer.Argument(exists=True, help="a conformance test file or a folder of them")],
@@ -90,7 +106,8 @@ def test(
 @app.command("run")
 def run(
     view_file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="ViewDefinition JSON")],
-    source: Annotated[Path, typer.Option(exists=True, help="NDJSON or Parquet file/folder")],
+    source: Annotated[str, typer.Option(help="a medcloud data dir, a FHIR server URL, a `sof sync` folder, "
+                                             "or an NDJSON/Parquet file/folder")],
     out: Annotated[Path, typer.Option(help="output file")],
     fmt: Annotated[Format, typer.Option("--format", help="output format")] = Format.csv,
     on_error: Annotated[
@@ -98,16 +115,25 @@ def run(
     ] = OnError.fail,
     engine: Annotated[Engine, typer.Option(help="view runner")] = Engine.duckdb,
     spark_master: SparkMaster = None,
+    db: DbOption = None,
+    token: TokenOption = None,
+    client_id: ClientIdOption = None,
+    client_secret: ClientSecretOption = None,
+    token_url: TokenUrlOption = None,
+    scope: ScopeOption = "system/*.rs",
 ) -> None:
-    """Run one ViewDefinition over a folder of resources and write the rows."""
+    """Run one ViewDefinition over a data dir, a server, a sync folder or NDJSON/Parquet, and write the rows."""
     try:
         view = json.loads(view_file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         typer.echo(f"{view_file}: not JSON: {exc}", err=True)
         raise typer.Exit(3) from exc
+    from medcloud.analytics.remote import Credentials
+
+    creds = Credentials(token or os.environ.get("MEDCLOUD_TOKEN"), client_id, client_secret, token_url, scope)
     try:
-        with _engine(engine, spark_master) as runner:
-            result = runner.write(view, source_from_path(source, on_error.value), out, fmt.value)
+        with _source(source, view, on_error, db, creds) as src, _engine(engine, spark_master) as runner:
+            result = runner.write(view, src, out, fmt.value)
     except Invalid as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(3) from exc
@@ -117,6 +143,78 @@ def run(
     for bad in result.skipped:
         typer.echo(f"skipped {bad}", err=True)
     typer.echo(f"{result.rows} rows -> {out}")
+
+
+@contextlib.contextmanager
+def _source(spec: str, view: object, on_error: OnError, db_url: str | None, creds: Credentials) -> Iterator[Source]:
+    """The Source for ``--source``: server URL, sync folder, medcloud data dir (or --db), NDJSON/Parquet."""
+    from medcloud.analytics.server import warehouse
+
+    if spec.startswith(("http://", "https://")):
+        from medcloud.analytics.engines._sources import NdjsonSource
+        from medcloud.analytics.remote import fetch
+        from medcloud.analytics.viewdef import parse_view
+
+        rtype = parse_view(view).resource if isinstance(view, dict) else ""
+        with tempfile.TemporaryDirectory(prefix="medcloud-sof-") as tmp:
+            got = fetch(spec, rtype, Path(tmp), creds)
+            for note in got.notes:
+                typer.echo(note, err=True)
+            yield NdjsonSource(tuple(got.files), on_error.value) if got.files else _EMPTY
+        return
+    path = Path(spec)
+    if not path.exists() and db_url is None:
+        raise SourceError(f"{spec}: no such file or directory")
+    if path.is_dir() and warehouse.is_warehouse(path):
+        yield warehouse.WarehouseSource(path)
+        return
+    if db_url is not None or (path / "medcloud.db").is_file():
+        with _store(path, db_url) as database:
+            from medcloud.analytics.server.store import StoreQuery, StoreSource
+            from medcloud.analytics.viewdef import parse_view
+
+            rtype = parse_view(view).resource if isinstance(view, dict) else ""
+            yield StoreSource(database, StoreQuery(rtype))
+        return
+    yield source_from_path(path, on_error.value)
+
+
+@contextlib.contextmanager
+def _store(data_dir: Path, db_url: str | None) -> Iterator[Database]:
+    """The medcloud store of a data dir (or --db), read directly: no server, no HTTP."""
+    from medcloud.config import Settings
+    from medcloud.storage.sql.database import Database
+
+    settings = Settings(data_dir=data_dir, db=db_url) if db_url else Settings(data_dir=data_dir)
+    database = Database.connect(settings.db_url, pool_size=2)
+    try:
+        yield database
+    finally:
+        database.dispose()
+
+
+@app.command("sync")
+def sync(
+    data_dir: Annotated[Path, typer.Option("--data-dir", help="medcloud data dir (its SQLite store)")] = Path(
+        "./medcloud-data"),
+    out: Annotated[Path, typer.Option(help="Parquet folder to create or bring up to date")] = Path("warehouse"),
+    db: DbOption = None,
+) -> None:
+    """Copy the store into Parquet once, then only what changed since the last run (by _lastUpdated)."""
+    from medcloud.analytics.server.warehouse import sync as run_sync
+
+    if db is None and not (data_dir / "medcloud.db").is_file():
+        typer.echo(f"error: {data_dir} holds no medcloud store (medcloud.db); give --data-dir or --db", err=True)
+        raise typer.Exit(3)
+    try:
+        with _store(data_dir, db) as database:
+            result = run_sync(database, out)
+    except MedcloudError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(3) from exc
+    for rtype in sorted(result.changed):
+        typer.echo(f"{rtype}: {result.changed[rtype]} changed ({result.deleted[rtype]} deleted)")
+    typer.echo(f"up to date -> {out}" + (f" (compacted {', '.join(result.compacted)})" if result.compacted else ""))
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -71,7 +71,27 @@ def _rest() -> dict[str, Any]:
                                                ("_text", "string"), ("_content", "string"))
         ],
         "operation": [{"name": o.name, "definition": o.canonical()} for o in ops if o.system and o.listed],
-        "resource": [_resource(t, ops) for t in resource_types()],
+        "resource": [_resource(t, ops) for t in resource_types()] + [_view_definition(ops)],
+    }
+
+
+def _view_definition(ops: list[Any]) -> dict[str, Any]:
+    """SQL-on-FHIR's ViewDefinition (operations-capability): stored, searched and run by analytics/server."""
+    return {
+        "type": "ViewDefinition",
+        "profile": "https://sql-on-fhir.org/ig/StructureDefinition/ViewDefinition",
+        "documentation": "SQL-on-FHIR v2 views (docs/analytics.md): validated by medcloud's ViewDefinition parser. "
+                         "$run formats: json, ndjson, csv, parquet; viewReference as ViewDefinition/[id], "
+                         "[base]/ViewDefinition/[id] or a canonical url[|version] of a stored view.",
+        "interaction": [{"code": c} for c in ("read", "vread", "update", "delete", "history-instance", "create",
+                                              "search-type")],
+        "versioning": "versioned-update",
+        "readHistory": True,
+        "updateCreate": True,
+        "searchParam": [{"name": n, "type": t} for n, t in (("_id", "token"), ("name", "string"), ("url", "uri"),
+                                                             ("status", "token"), ("resource", "token"))],
+        "operation": [{"name": o.name, "definition": o.canonical("ViewDefinition")}
+                      for o in ops if o.listed and o.types is not None and "ViewDefinition" in o.types],
     }
 
 

@@ -35,6 +35,7 @@ FORMAT_ALIASES = {"json": FHIR_JSON, "application/json": "application/json", "ap
                   "text/json": "application/json"}
 XML_FORMATS = ("xml", "text/xml", "application/xml", "application/fhir+xml")
 NDJSON_TYPES = ("application/fhir+ndjson", "application/ndjson", "ndjson")
+OWN_FORMAT_OPERATIONS = ("$run", "$viewdefinition-run")  # SQL-on-FHIR: output formats are the operation's
 
 
 def routes(ctx: FhirContext, prefix: str = "/fhir") -> list[Route]:
@@ -59,15 +60,17 @@ async def _serve(ctx: FhirContext, request: Request, prefix: str, auth: EdgeAuth
         return unauthorized_response(e)
     query = list(parse_qsl(request.url.query, keep_blank_values=True))
     pretty = any(k == "_pretty" and v == "true" for k, v in query)
+    # ViewDefinition/$run answers csv, ndjson, parquet...: it reads _format and Accept itself.
+    own_format = path.rsplit("/", 1)[-1] in OWN_FORMAT_OPERATIONS
     try:
-        media = _negotiate(request, query)
+        media = FHIR_JSON if own_format else _negotiate(request, query)
         body, content_type, form = await _read_body(ctx, request)
         if form:
             query.extend(form)
         req = FhirRequest(
             method=request.method,
             path=path,
-            query=[(k, v) for k, v in query if k not in ("_format", "_pretty")],
+            query=[(k, v) for k, v in query if k != "_pretty" and (k != "_format" or own_format)],
             headers={k.lower(): v for k, v in request.headers.items()},
             body=body,
             content_type=content_type,

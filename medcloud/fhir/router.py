@@ -74,6 +74,10 @@ def resolve(req: FhirRequest) -> Route:
         from medcloud.security import audit_api
 
         return audit_api.resolve(req, m, parts)
+    if head == "ViewDefinition":  # SQL-on-FHIR, not an R4 core type: stored and run by analytics/server/views.py
+        from medcloud.analytics.server import views
+
+        return views.resolve(req, m, parts)
     if head not in types:
         raise NotFound(f"unknown resource type {head!r}")
     rtype = head

@@ -58,6 +58,15 @@ class StoreResult:
 
 
 @dataclass(frozen=True, slots=True)
+class Prepared:
+    """One instance after ``Archive.prepare``: parsed, or already refused (``refused`` is its result)."""
+
+    data: bytes
+    parsed: Parsed | None
+    refused: StoreResult | None
+
+
+@dataclass(frozen=True, slots=True)
 class InstanceRef:
     """Where one stored instance is and what its frames look like (for WADO-RS retrieve/frames)."""
 
@@ -93,25 +102,41 @@ class Archive:
 
         ``study_uid`` (STOW-RS ``/studies/{study}``) rejects instances of other studies (0xA900).
         """
-        datas = list(items)
-        results: list[StoreResult | None] = [None] * len(datas)
-        good: list[tuple[int, Parsed]] = []
-        for i, data in enumerate(datas):
-            try:
-                p = parse(data, max_bytes=self.config.max_instance_bytes)
-                if study_uid is not None and p.study_uid != study_uid:
-                    raise Invalid(f"StudyInstanceUID {p.study_uid} does not match the study {study_uid} of the request")
-                good.append((i, p))
-            except MedcloudError as e:
-                results[i] = _failed(e, getattr(e, "parsed", None))
+        return self.commit([self.prepare(data, study_uid=study_uid) for data in items])
+
+    def prepare(self, data: bytes, *, study_uid: str | None = None) -> Prepared:
+        """Parse and validate one instance (no I/O; any thread may run it); ``commit`` stores it."""
+        try:
+            p = parse(data, max_bytes=self.config.max_instance_bytes)
+            if study_uid is not None and p.study_uid != study_uid:
+                raise Invalid(f"StudyInstanceUID {p.study_uid} does not match the study {study_uid} of the request")
+            return Prepared(data, p, None)
+        except MedcloudError as e:
+            return Prepared(data, None, _failed(e, getattr(e, "parsed", None)))
+
+    def commit(self, prepared: list[Prepared]) -> list[StoreResult]:
+        """Store prepared instances in one transaction (one savepoint each); one result per item, in order."""
+        results: list[StoreResult | None] = [pr.refused for pr in prepared]
+        good = [(i, pr.parsed, pr.data) for i, pr in enumerate(prepared) if pr.parsed is not None]
         if good:
-            self._store_parsed([(i, p, datas[i]) for i, p in good], results)
+            self._store_parsed(good, results)
         changed = {r.study_uid for r in results if r is not None and r.stored and r.study_uid}
         if changed:
             self._notify(changed)
         return [r if r is not None else StoreResult(status.PROCESSING_FAILURE, reason="not processed") for r in results]
 
     def _store_parsed(self, items: list[tuple[int, Parsed, bytes]], results: list[StoreResult | None]) -> None:
+        """Store a batch: first optimistically in one transaction; if any instance fails on the
+        way (a constraint, a blob write), roll the whole batch back and redo it with one
+        SAVEPOINT per instance, so only the bad instance fails. The common case costs no
+        savepoints; a failing instance costs one retry of its batch."""
+        try:
+            self._write_batch(items, results, isolate=False)
+        except _RetryIsolated:
+            self._write_batch(items, results, isolate=True)
+
+    def _write_batch(self, items: list[tuple[int, Parsed, bytes]], results: list[StoreResult | None], *,
+                     isolate: bool) -> None:
         created: list[str] = []
         replaced_blobs: list[str] = []
         try:
@@ -125,50 +150,65 @@ class Archive:
                 touched: set[int] = set()
                 known: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}  # rows written by this request
                 written: list[str] = []
+                stored = _existing(conn, [p.sop_uid for _, p, _ in items])  # sop uid -> (pk, blob key, study pk)
                 for i, p, data in items:
-                    sp = conn.begin_nested()
+                    sp = conn.begin_nested() if isolate else None
                     new_key: str | None = None
                     staged: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
                     try:
-                        old = conn.execute(
-                            select(dicom_instances.c.pk, dicom_instances.c.blob_key, dicom_instances.c.study_pk)
-                            .where(dicom_instances.c.sop_uid == p.sop_uid)
-                        ).first()
+                        old = stored.get(p.sop_uid)
                         if old is not None and self.config.duplicates == "reject":
                             raise Conflict(f"SOP Instance {p.sop_uid} is already stored (duplicate policy: reject)")
                         key = instance_key(p.study_uid, p.series_uid, p.sop_uid)
-                        if old is None or old.blob_key != key:
+                        if old is None or old[1] != key:
                             new_key = key
                         self.blobs.put(key, data, sync_dir=False)
                         written.append(key)
                         if old is not None:
-                            touched.add(old.study_pk)
-                            if old.blob_key != key:
-                                replaced_blobs.append(old.blob_key)
-                        touched.add(self._index(conn, p, key, len(data), old.pk if old is not None else None,
-                                                known=known, staged=staged))
-                        sp.commit()
+                            touched.add(old[2])
+                            if old[1] != key:
+                                replaced_blobs.append(old[1])
+                        pk, study_pk = self._index(conn, p, key, len(data), old[0] if old is not None else None,
+                                                   known=known, staged=staged)
+                        touched.add(study_pk)
+                        if sp is not None:
+                            sp.commit()
                         known.update(staged)  # only rows of committed savepoints may be reused
+                        stored[p.sop_uid] = (pk, key, study_pk)
                         if new_key:
                             created.append(new_key)
                         warn = ((status.COERCION_OF_DATA_ELEMENTS, "replaced the stored instance with the same SOP "
                                  "Instance UID (duplicate policy: overwrite)"),) if old is not None else ()
                         results[i] = StoreResult(status.SUCCESS, p.sop_class_uid, p.sop_uid, p.study_uid, p.series_uid,
                                                  warnings=warn)
+                    except Conflict as e:  # refused before anything was written for it
+                        if sp is not None:
+                            sp.rollback()
+                        results[i] = _failed(e, p)
                     except Exception as e:  # noqa: BLE001 - one instance fails, the request goes on
+                        if sp is None:
+                            if new_key:
+                                created.append(new_key)
+                            raise _RetryIsolated from e
                         sp.rollback()
                         if new_key:
-                            self.blobs.delete(new_key)
+                            self._discard(new_key)
                         if not isinstance(e, MedcloudError):
                             log.exception("storing SOP Instance %s failed", p.sop_uid)
                             e = MedcloudError(f"could not store the instance: {type(e).__name__}")
                         results[i] = _failed(e, p)
                 _recount(conn, touched, self.clock())
                 self.blobs.sync(written)  # directory entries durable before the index commits
+        except _RetryIsolated:
+            for key in created:
+                self._discard(key)
+            for i, _, _ in items:
+                results[i] = None
+            raise
         except Exception:
             log.exception("store transaction failed; removing %d new blobs", len(created))
             for key in created:
-                self.blobs.delete(key)
+                self._discard(key)
             for i, p, _ in items:
                 r = results[i]
                 if r is None or r.stored:
@@ -176,11 +216,13 @@ class Archive:
                                              p.series_uid, reason="the index write failed; retry")
             return
         for key in replaced_blobs:
-            self.blobs.delete(key)
+            self._discard(key)
 
     def _index(self, conn: Connection, p: Parsed, key: str, size: int, old_pk: int | None, *,
                known: dict[tuple[str, str], tuple[int, dict[str, Any]]] | None = None,
-               staged: dict[tuple[str, str], tuple[int, dict[str, Any]]] | None = None) -> int:
+               staged: dict[tuple[str, str], tuple[int, dict[str, Any]]] | None = None) -> tuple[int, int]:
+        """Write the patient/study/series rows (when new or changed) and the instance row; returns
+        the instance's and its study's primary keys."""
         now = self.clock()
         known = known if known is not None else {}
         staged = staged if staged is not None else {}
@@ -196,10 +238,10 @@ class Archive:
         row = {**p.instance, "series_pk": series_pk, "study_pk": study_pk, "blob_key": key, "size": size,
                "stored": now, "metadata": p.metadata}
         if old_pk is None:
-            conn.execute(insert(dicom_instances).values(sop_uid=p.sop_uid, **row))
-        else:
-            conn.execute(update(dicom_instances).where(dicom_instances.c.pk == old_pk).values(**row))
-        return study_pk
+            inserted = conn.execute(_INSERT_INSTANCE, {"sop_uid": p.sop_uid, **row})
+            return int(inserted.inserted_primary_key[0]), study_pk  # type: ignore[index]
+        conn.execute(update(dicom_instances).where(dicom_instances.c.pk == old_pk).values(**row))
+        return old_pk, study_pk
 
     # -- read ------------------------------------------------------------------------------
 
@@ -298,9 +340,16 @@ class Archive:
                 conn.execute(delete(i).where(i.c.pk.in_(pks[chunk:chunk + 500])))
             _recount(conn, {r.study_pk for r in rows}, self.clock())
         for r in rows:
-            self.blobs.delete(r.blob_key)
+            self._discard(r.blob_key)
         self._notify({study})
         return len(rows)
+
+    def _discard(self, key: str) -> None:
+        """Delete a blob no index row points to; a failure (object store down) leaves an orphan, logged."""
+        try:
+            self.blobs.delete(key)
+        except Exception:  # noqa: BLE001 - the index is already right; an orphan costs only space
+            log.warning("could not delete blob %s (left as an orphan)", key, exc_info=True)
 
     # -- study stable ----------------------------------------------------------------------
 
@@ -338,6 +387,13 @@ class Archive:
                 log.exception("imaging change hook failed for studies %s", sorted(studies))
 
 
+class _RetryIsolated(Exception):
+    """An instance failed in an optimistic batch: redo the batch with a savepoint per instance."""
+
+
+_INSERT_INSTANCE = insert(dicom_instances)
+
+
 def _failed(err: MedcloudError, p: Parsed | None) -> StoreResult:
     return StoreResult(
         status.store_status(err),
@@ -366,34 +422,40 @@ def _upsert(conn: Connection, table: Any, key_col: Any, key: str, values: dict[s
             conn.execute(update(table).where(table.c.pk == pk).values(changed))
             staged[(table.name, key)] = (pk, {**applied, **changed})
         return pk
-    found = conn.execute(select(table.c.pk).where(key_col == key)).scalar()
+    found = conn.execute(select(table).where(key_col == key)).mappings().first()
     if found is None:
         inserted = conn.execute(insert(table).values({key_col.name: key, **(create or {}), **present}))
         pk = int(inserted.inserted_primary_key[0])  # type: ignore[index]
     else:
-        pk = int(found)
-        update_values = {**present, **({"updated": create["updated"]} if create and "updated" in create else {})}
-        if update_values:
-            conn.execute(update(table).where(table.c.pk == pk).values(update_values))
+        pk = int(found["pk"])
+        # Only what differs (the study's ``updated`` is set by ``_recount`` after every store).
+        changed = {k: v for k, v in present.items() if found[k] != v}
+        if changed:
+            conn.execute(update(table).where(table.c.pk == pk).values(changed))
     staged[(table.name, key)] = (pk, present)
     return pk
 
 
 def _recount(conn: Connection, study_pks: set[int], now: int) -> None:
-    """Recompute series/study counts and ModalitiesInStudy; drop series and studies left empty."""
+    """Recompute series/study counts and ModalitiesInStudy; drop series and studies left empty.
+
+    Only series whose count changed are written (a batch usually adds to one series of a study).
+    """
     i, se, st = dicom_instances, dicom_series, dicom_studies
     for study_pk in study_pks:
         counts: dict[int, int] = dict(conn.execute(
             select(i.c.series_pk, func.count()).where(i.c.study_pk == study_pk).group_by(i.c.series_pk)
         ).all())
-        series = conn.execute(select(se.c.pk, se.c.modality).where(se.c.study_pk == study_pk)).all()
+        series = conn.execute(
+            select(se.c.pk, se.c.modality, se.c.num_instances).where(se.c.study_pk == study_pk)).all()
         modalities = set()
         for s in series:
             n = counts.get(s.pk, 0)
             if n == 0:
                 conn.execute(delete(se).where(se.c.pk == s.pk))
                 continue
-            conn.execute(update(se).where(se.c.pk == s.pk).values(num_instances=n))
+            if n != s.num_instances:
+                conn.execute(update(se).where(se.c.pk == s.pk).values(num_instances=n))
             if s.modality:
                 modalities.add(s.modality)
         total = sum(counts.values())
@@ -403,6 +465,18 @@ def _recount(conn: Connection, study_pks: set[int], now: int) -> None:
         conn.execute(update(st).where(st.c.pk == study_pk).values(
             num_series=len(counts), num_instances=total, modalities="\\".join(sorted(modalities)) or None,
             updated=now, stable_at=None))
+
+
+def _existing(conn: Connection, sop_uids: list[str]) -> dict[str, tuple[int, str, int]]:
+    """Stored instances among ``sop_uids``: SOP Instance UID -> (pk, blob key, study pk)."""
+    i = dicom_instances
+    found: dict[str, tuple[int, str, int]] = {}
+    unique = sorted(set(sop_uids))
+    for start in range(0, len(unique), 500):
+        rows = conn.execute(select(i.c.sop_uid, i.c.pk, i.c.blob_key, i.c.study_pk)
+                            .where(i.c.sop_uid.in_(unique[start:start + 500]))).all()
+        found.update({r.sop_uid: (r.pk, r.blob_key, r.study_pk) for r in rows})
+    return found
 
 
 def _uid_filters(study: str, series: str | None, sop: str | None) -> list[Any]:

@@ -8,8 +8,10 @@ a study or series delete becomes one prefix delete, which S3 (``ListObjectsV2`` 
 does as cheaply as a directory. UIDs are validated (digits and dots, PS3.5 §9.1) before they become
 a key, so a key can never escape the store's root.
 
-An S3 implementation only has to provide the same methods: ``put`` maps to one PutObject
-(atomic by S3's semantics), ``open`` to a streaming GetObject body.
+``S3BlobStore`` (``imaging/s3.py``) provides the same methods over S3-compatible object storage:
+``put`` is one PutObject (atomic by S3's semantics), ``open`` a streaming GetObject body.
+``open_blob_store`` builds whichever ``Settings.blob_store`` names, so the DICOMweb edge, the DIMSE
+SCP and key rotation all see the same objects.
 
 ``SealedBlobStore`` wraps any store with encryption at rest (``security/at_rest.py``): objects are
 sealed before ``put`` and decrypted chunk by chunk on the way out, so a WADO-RS retrieve still
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 if TYPE_CHECKING:
+    from medcloud.config import Settings
     from medcloud.security.at_rest import AtRest
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
@@ -70,6 +73,9 @@ class BlobStore(Protocol):
         """Remove every object whose key starts with ``prefix/`` (a study or a series)."""
 
     def exists(self, key: str) -> bool: ...
+
+    def keys(self, prefix: str = "") -> Iterator[str]:
+        """Every stored key starting with ``prefix`` (key rotation walks them; order unspecified)."""
 
 
 class LocalBlobStore:
@@ -144,6 +150,17 @@ class LocalBlobStore:
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
+    def keys(self, prefix: str = "") -> Iterator[str]:
+        for dirpath, dirs, names in os.walk(self.root):
+            dirs.sort()
+            rel = Path(dirpath).relative_to(self.root)
+            for name in sorted(names):
+                if name.startswith("."):  # in-flight temporary files of ``put``
+                    continue
+                key = (rel / name).as_posix()
+                if key.startswith(prefix):
+                    yield key
+
 
 class SealedBlobStore:
     """Envelope-encrypts objects of ``inner`` (``put`` seals, reads decrypt; plaintext objects still read)."""
@@ -176,6 +193,43 @@ class SealedBlobStore:
 
     def exists(self, key: str) -> bool:
         return self.inner.exists(key)
+
+    def keys(self, prefix: str = "") -> Iterator[str]:
+        return self.inner.keys(prefix)
+
+
+def raw_blob_store(settings: Settings) -> BlobStore:
+    """The configured store without encryption: ``DATA_DIR/dicom``, or the ``s3://`` bucket/prefix."""
+    if settings.blob_store == "local":
+        return LocalBlobStore(settings.data_dir / "dicom")
+    from medcloud.imaging.s3 import S3BlobStore
+
+    return S3BlobStore.from_url(settings.blob_store, endpoint_url=settings.s3_endpoint_url or None,
+                                region=settings.s3_region or None)
+
+
+def open_blob_store(settings: Settings, at_rest: AtRest | None) -> BlobStore:
+    """The DICOM blob store every component uses: ``raw_blob_store``, sealed when ``at_rest`` is given."""
+    store = raw_blob_store(settings)
+    return SealedBlobStore(store, at_rest) if at_rest is not None else store
+
+
+def blob_store_problems(settings: Settings) -> list[str]:
+    """Why ``serve`` cannot use the configured blob store (missing bucket, bad credentials, no endpoint)."""
+    if settings.blob_store == "local":
+        return []
+    from medcloud.errors import MedcloudError
+    from medcloud.imaging.s3 import S3BlobStore
+
+    try:
+        store = raw_blob_store(settings)
+        assert isinstance(store, S3BlobStore)
+        store.check()
+    except MedcloudError as e:
+        return [f"blob_store {settings.blob_store}: {e.message}"]
+    except Exception as e:  # noqa: BLE001 - e.g. a malformed endpoint URL
+        return [f"blob_store {settings.blob_store}: {type(e).__name__}: {e}"]
+    return []
 
 
 class _quiet:

@@ -35,7 +35,7 @@ from medcloud.imaging import qido, render
 from medcloud.imaging._multipart import media_type, new_boundary, parse_related, write_related
 from medcloud.imaging.access import ImagingAccess
 from medcloud.imaging.archive import Archive, ArchiveConfig, InstanceRef, StoreResult
-from medcloud.imaging.blobs import BlobStore, LocalBlobStore, SealedBlobStore, valid_uid
+from medcloud.imaging.blobs import open_blob_store, valid_uid
 from medcloud.imaging.fhir_link import ImagingStudyLink
 from medcloud.security.http import EdgeAuth, unauthorized_response
 from medcloud.storage.sql.database import Database
@@ -51,11 +51,10 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 def build_archive(settings: Settings, db: Database, fhir_ctx: FhirContext | None,
                   config: ArchiveConfig | None = None) -> Archive:
-    """The archive for a server: blobs under ``data_dir/dicom``, index in ``db``, ImagingStudy link to FHIR."""
+    """The archive for a server: blobs in ``settings.blob_store``, index in ``db``, ImagingStudy link to FHIR."""
     # The index tables come from migration 0002 (run by build_services / ``medcloud db upgrade``).
-    blobs: BlobStore = LocalBlobStore(settings.data_dir / "dicom")
-    if fhir_ctx is not None and fhir_ctx.at_rest is not None:
-        blobs = SealedBlobStore(blobs, fhir_ctx.at_rest)  # encryption at rest (security/at_rest.py)
+    # Sealed when the FHIR context has encryption at rest on (security/at_rest.py).
+    blobs = open_blob_store(settings, fhir_ctx.at_rest if fhir_ctx is not None else None)
     archive = Archive(db, blobs, config or ArchiveConfig())
     if fhir_ctx is not None:
         archive.clock = fhir_ctx.clock
@@ -292,12 +291,11 @@ class _DicomWeb:
             return ({"Content-Type": f"application/dicom; transfer-syntax={r.transfer_syntax_uid}",
                      "Content-Length": str(r.size)}, blobs.iter_chunks(r.blob_key))
 
-        if convert:  # fail before the 200 is sent when the first instance cannot be decoded
-            first = await run_in_threadpool(part, refs[0])
-            head: list[tuple[dict[str, str], Iterator[bytes]]] = [first]
-            rest = refs[1:]
-        else:
-            head, rest = [], refs
+        # Open the first instance before the 200 is sent: an undecodable instance (transcoding) or an
+        # unreachable object store (imaging/s3.py) is then a clean error status, not a cut stream.
+        first = await run_in_threadpool(part, refs[0])
+        head: list[tuple[dict[str, str], Iterator[bytes]]] = [first]
+        rest = refs[1:]
 
         def body() -> Iterator[bytes]:
             yield from write_related(itertools.chain(head, (part(r) for r in rest)), boundary)

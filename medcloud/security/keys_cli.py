@@ -56,14 +56,14 @@ def rotate(
     """
     from medcloud.errors import MedcloudError
     from medcloud.security.keys import CACHE_TTL
-    from medcloud.security.rotation import ROTATION, blob_roots
+    from medcloud.security.rotation import ROTATION, blob_locations
     from medcloud.security.rotation import rotate as run_rotation
 
     settings, keys = _open(data_dir, db)
     try:
         resuming = keys.get_state(ROTATION) is not None
         console.print("resuming the interrupted rotation" if resuming else "creating a new KEK version")
-        report = run_rotation(keys, blob_roots(settings), grace=CACHE_TTL + 1.0 if grace is None else grace,
+        report = run_rotation(keys, blob_locations(settings), grace=CACHE_TTL + 1.0 if grace is None else grace,
                               on_wait=lambda message: console.print(message, highlight=False))
     except MedcloudError as e:
         console.print(f"[red]rotation stopped:[/red] {e.message}", highlight=False)
@@ -91,13 +91,17 @@ def rotate(
 @app.command()
 def status(data_dir: DataDir = None, db: DbUrl = None) -> None:
     """KEK versions (current, active, retired), an unfinished rotation, and files per KEK."""
-    from medcloud.security.rotation import ROTATION, blob_roots, census
+    from medcloud.errors import MedcloudError
+    from medcloud.security.rotation import ROTATION, blob_locations, census
 
     settings, keys = _open(data_dir, db)
     try:
         versions = keys.versions()
         rotation = keys.get_state(ROTATION)
-        counts = census(blob_roots(settings))
+        counts = census(blob_locations(settings))
+    except MedcloudError as e:  # the object store (blob_store = "s3://...") is unreachable
+        console.print(f"[red]cannot count the blobs:[/red] {e.message}", highlight=False)
+        raise typer.Exit(1) from e
     finally:
         keys.db.dispose()
     current = max((v.version for v in versions if v.status == "active"), default=None)

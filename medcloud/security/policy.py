@@ -72,7 +72,8 @@ class SmartPolicy:
         self._indexer = indexer or Indexer()
         self._compartments_of = compartments_of
         self._reference_compartments = reference_compartments
-        self._shared = frozenset(shared_types)
+        # ViewDefinitions are definitions, not patient data: a patient/ scope on them is not confined.
+        self._shared = frozenset(shared_types) | {"ViewDefinition"}
         self._compartment_types = frozenset(patient_compartment()) | {"Patient"}
 
     # ------------------------------------------------------------ guard.Policy

@@ -4,7 +4,9 @@
     2. wait ``grace`` seconds: every process reloads its key ring within ``keys.CACHE_TTL``, so
        after the wait nobody wraps new blobs under an old KEK
     3. walk the blob roots; each file whose header names another KEK gets its 73-byte header
-       re-written (``crypto.rewrap_file``); the payload is never touched
+       re-written (``crypto.rewrap_file``); the payload is never touched. DICOM instances in S3
+       (``blob_store = "s3://..."``) cannot be written in place: each such object is copied back
+       with the new header, conditional on its ETag (``S3BlobStore.rewrite_head``)
     4. walk again until a pass finds nothing to do (catches blobs written during the first pass)
     5. retire every other KEK version (its wrapped key is erased) and clear the rotation record
 
@@ -20,13 +22,22 @@ import socket
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from medcloud.config import Settings
-from medcloud.errors import Conflict
-from medcloud.security.crypto import HEADER_SIZE, DecryptionError, Keyring, is_encrypted, rewrap_file
+from medcloud.errors import Conflict, MedcloudError
+from medcloud.security.crypto import (
+    HEADER_SIZE,
+    DecryptionError,
+    Keyring,
+    is_encrypted,
+    needs_rewrap,
+    rewrap,
+    rewrap_file,
+)
 from medcloud.security.keys import ACTIVE, CACHE_TTL, KeyStore
 
 ROTATION = "keyring-rotation"
@@ -34,9 +45,33 @@ LEASE = "keyring-rotation-lease"
 MAX_PASSES = 5
 
 
+class ObjectStore(Protocol):
+    """A blob store without files to ``pwrite`` (``imaging/s3.py``): rotation reads and rewrites heads."""
+
+    def keys(self, prefix: str = "") -> Iterator[str]: ...
+    def location(self, key: str) -> str: ...
+    def read_head(self, key: str, size: int) -> bytes: ...
+    def rewrite_head(self, key: str, size: int, change: Callable[[bytes], bytes | None]) -> bool: ...
+
+
+Root = Path | ObjectStore
+
+
 def blob_roots(settings: Settings) -> list[Path]:
     """The folders whose files are sealed with the key ring: DICOM instances and $export files."""
     return [settings.data_dir / "dicom", settings.data_dir / "exports"]
+
+
+def blob_locations(settings: Settings) -> list[Root]:
+    """``blob_roots``, with the configured DICOM object store in place of ``DATA_DIR/dicom`` (S3)."""
+    if settings.blob_store == "local":
+        return list(blob_roots(settings))
+    from medcloud.imaging.blobs import raw_blob_store
+    from medcloud.imaging.s3 import S3BlobStore
+
+    store = raw_blob_store(settings)  # unsealed: rotation works on the stored bytes
+    assert isinstance(store, S3BlobStore), store
+    return [store, settings.data_dir / "exports"]
 
 
 @dataclass
@@ -51,16 +86,52 @@ class RotationReport:
     superseded: bool = False  # another rotation created a newer KEK meanwhile
 
 
-def blob_files(roots: list[Path]) -> Iterator[Path]:
+def blob_files(roots: Sequence[Root]) -> Iterator[Path]:
     for root in roots:
-        for dirpath, _, names in os.walk(root):
-            for name in sorted(names):
-                if not name.startswith("."):  # in-flight temporary files of ``put``
-                    yield Path(dirpath) / name
+        if isinstance(root, Path):
+            for dirpath, _, names in os.walk(root):
+                for name in sorted(names):
+                    if not name.startswith("."):  # in-flight temporary files of ``put``
+                        yield Path(dirpath) / name
 
 
-def rotate(keys: KeyStore, roots: list[Path], *, grace: float = CACHE_TTL + 1.0, lease_seconds: float = 30.0,
-           sleep: Callable[[float], None] = time.sleep, on_file: Callable[[Path, bool], None] | None = None,
+@dataclass(frozen=True, slots=True)
+class _Blob:
+    """One sealed blob: a file, or a key of an object store."""
+
+    root: Root
+    key: str | Path
+
+    def __str__(self) -> str:
+        if isinstance(self.root, Path):
+            return str(self.key)
+        return self.root.location(str(self.key))
+
+    def head(self) -> bytes:
+        if isinstance(self.key, Path):
+            with open(self.key, "rb") as f:
+                return f.read(HEADER_SIZE)
+        assert not isinstance(self.root, Path)
+        return self.root.read_head(self.key, HEADER_SIZE)
+
+    def rewrap(self, ring: Keyring) -> bool:
+        if isinstance(self.key, Path):
+            return rewrap_file(self.key, ring, ring)
+        assert not isinstance(self.root, Path)
+        return self.root.rewrite_head(self.key, HEADER_SIZE,
+                                      lambda head: rewrap(head, ring, ring) if needs_rewrap(head, ring) else None)
+
+
+def _blobs(roots: Sequence[Root]) -> Iterator[_Blob]:
+    for root in roots:
+        if isinstance(root, Path):
+            yield from (_Blob(root, path) for path in blob_files([root]))
+        else:
+            yield from (_Blob(root, key) for key in root.keys(""))
+
+
+def rotate(keys: KeyStore, roots: Sequence[Root], *, grace: float = CACHE_TTL + 1.0, lease_seconds: float = 30.0,
+           sleep: Callable[[float], None] = time.sleep, on_file: Callable[[Path | str, bool], None] | None = None,
            on_wait: Callable[[str], None] | None = None) -> RotationReport:
     """Run (or resume) a rotation; see the module docstring. ``on_file(path, rewrapped)`` reports progress.
 
@@ -77,7 +148,7 @@ def rotate(keys: KeyStore, roots: list[Path], *, grace: float = CACHE_TTL + 1.0,
         sleep(1.0)
     renewed = [time.monotonic()]
 
-    def progress(path: Path, done: bool) -> None:
+    def progress(path: Path | str, done: bool) -> None:
         if time.monotonic() - renewed[0] > lease_seconds / 3:
             if keys.lease(LEASE, owner, lease_seconds) is not None:
                 raise Conflict("the rotation lease was taken over by another run; stopping")
@@ -91,8 +162,8 @@ def rotate(keys: KeyStore, roots: list[Path], *, grace: float = CACHE_TTL + 1.0,
         keys.release(LEASE, owner)
 
 
-def _rotate(keys: KeyStore, roots: list[Path], grace: float, sleep: Callable[[float], None],
-            on_file: Callable[[Path, bool], None]) -> RotationReport:
+def _rotate(keys: KeyStore, roots: Sequence[Root], grace: float, sleep: Callable[[float], None],
+            on_file: Callable[[Path | str, bool], None]) -> RotationReport:
     state = keys.get_state(ROTATION)
     if state is None:
         version = keys.create_version()
@@ -123,43 +194,41 @@ def _rotate(keys: KeyStore, roots: list[Path], grace: float, sleep: Callable[[fl
     return report
 
 
-def _pass(ring: Keyring, roots: list[Path], report: RotationReport,
-          on_file: Callable[[Path, bool], None] | None) -> tuple[int, list[str]]:
+def _pass(ring: Keyring, roots: Sequence[Root], report: RotationReport,
+          on_file: Callable[[Path | str, bool], None] | None) -> tuple[int, list[str]]:
     changed, failed = 0, []
-    for path in blob_files(roots):
+    for blob in _blobs(roots):
         try:
-            done = rewrap_file(path, ring, ring)
+            done = blob.rewrap(ring)
         except FileNotFoundError:
             continue  # deleted meanwhile
         except DecryptionError as e:
-            if _is_plaintext(path):
+            if _is_plaintext(blob):
                 report.plaintext += 1
             else:
-                failed.append(f"{path}: {e}")
+                failed.append(f"{blob}: {e}")
             continue
         changed += done
         report.rewrapped += done
         report.current += 1
         if on_file is not None:
-            on_file(path, done)
+            on_file(blob.key if isinstance(blob.key, Path) else str(blob), done)
     return changed, failed
 
 
-def _is_plaintext(path: Path) -> bool:
+def _is_plaintext(blob: _Blob) -> bool:
     try:
-        with open(path, "rb") as f:
-            return not is_encrypted(f.read(HEADER_SIZE))
-    except OSError:
+        return not is_encrypted(blob.head())
+    except (OSError, MedcloudError):
         return False
 
 
-def census(roots: list[Path]) -> Counter[str]:
+def census(roots: Sequence[Root]) -> Counter[str]:
     """Files per key id (hex), plus ``"plaintext"``: what ``medcloud keys status`` shows."""
     counts: Counter[str] = Counter()
-    for path in blob_files(roots):
+    for blob in _blobs(roots):
         try:
-            with open(path, "rb") as f:
-                head = f.read(HEADER_SIZE)
+            head = blob.head()
         except OSError:
             continue
         counts[head[5:13].hex() if is_encrypted(head) else "plaintext"] += 1

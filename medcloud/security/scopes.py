@@ -70,7 +70,8 @@ _FORBIDDEN_IN_VALUE = re.compile(r"[\s&=?\"\\]")  # scopes are space-delimited (
 
 @cache
 def _types() -> frozenset[str]:
-    return frozenset(resource_types())
+    # ViewDefinition (SQL-on-FHIR, analytics/server/views.py) is stored and authorised like a resource type.
+    return frozenset(resource_types()) | {"ViewDefinition"}
 
 
 @dataclass(frozen=True, slots=True)

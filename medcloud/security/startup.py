@@ -37,6 +37,9 @@ def serve_problems(settings: Settings) -> list[str]:
         problems.append(f"--no-auth (auth = false) is refused on {settings.host!r}: without authentication "
                         "medcloud binds to a loopback address only (127.0.0.1, ::1, localhost)")
     problems.extend(tls_problems(settings.tls_cert, settings.tls_key))
+    from medcloud.imaging.blobs import blob_store_problems  # S3: bucket, credentials, endpoint
+
+    problems.extend(blob_store_problems(settings))
     return problems
 
 

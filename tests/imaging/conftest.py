@@ -59,3 +59,47 @@ def dicomweb_live(services: Services, archive: Archive) -> Iterator[str]:
     yield f"http://127.0.0.1:{port}/dicomweb"
     server.should_exit = True
     thread.join(timeout=10)
+
+
+# -- S3: a real S3 protocol endpoint (moto's server on loopback), shared by the session ---------------
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """``http://127.0.0.1:PORT`` of a moto S3 server; boto3's chain finds its (dummy) credentials in env."""
+    import os
+    import socket
+
+    pytest.importorskip("moto.server")
+    from moto.server import ThreadedMotoServer
+
+    env = {"AWS_ACCESS_KEY_ID": "medcloud-test", "AWS_SECRET_ACCESS_KEY": "medcloud-test-secret",
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint: str) -> str:
+    """A new, empty bucket for one test."""
+    import uuid
+
+    from medcloud.imaging.s3 import make_client
+
+    name = f"medcloud-{uuid.uuid4().hex[:12]}"
+    make_client(endpoint_url=s3_endpoint).create_bucket(Bucket=name)
+    return name

@@ -232,3 +232,43 @@ def test_study_becomes_stable_after_the_quiet_period_and_again_after_changes(arc
     now[0] += 1_000_000
     assert archive.mark_stable() == [st]
     assert fired == [[st], [st]]
+
+
+def test_one_failing_instance_first_in_a_batch_fails_alone(archive: Archive, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The batch is first tried in one transaction without savepoints; the failure rolls it back
+    # and the retry with a savepoint per instance stores the rest.
+    st = generate_uid()
+    bad, good1, good2 = instance(study=st), instance(study=st), instance(study=st)
+    real = archive.blobs.put
+
+    def flaky_put(key, data, **kw):  # type: ignore[no-untyped-def]
+        if key.endswith(f"/{_sop(bad)}.dcm"):
+            raise OSError("disk full")
+        return real(key, data, **kw)
+
+    monkeypatch.setattr(archive.blobs, "put", flaky_put)
+    results = archive.store_many([bad, good1, good2])
+    assert [r.stored for r in results] == [False, True, True]
+    assert results[0].status == status.PROCESSING_FAILURE
+    assert sorted(r.sop_uid for r in archive.instances(st)) == sorted([_sop(good1), _sop(good2)])
+    assert _study_row(archive, st)["num_instances"] == 2
+    for data in (good1, good2):
+        assert archive.blobs.read(f"{st}/{_series(data)}/{_sop(data)}.dcm") == data
+
+
+@pytest.mark.parametrize("policy", ["reject", "overwrite"])
+def test_the_same_instance_twice_in_one_batch_follows_the_duplicate_policy(archive: Archive, policy: str) -> None:
+    archive.config = dataclasses.replace(archive.config, duplicates=policy)  # type: ignore[arg-type]
+    first = instance(study_description="first")
+    second = instance(sop=_sop(first), study=_study(first), series=_series(first), study_description="second")
+    results = archive.store_many([first, second])
+    assert results[0].stored
+    if policy == "reject":
+        assert results[1].status == status.DUPLICATE_SOP_INSTANCE
+        expected = first
+    else:
+        assert results[1].stored and results[1].warnings[0][0] == status.COERCION_OF_DATA_ELEMENTS
+        expected = second
+    refs = archive.instances(_study(first))
+    assert len(refs) == 1 and archive.blobs.read(refs[0].blob_key) == expected
+    assert _study_row(archive, _study(first))["num_instances"] == 1

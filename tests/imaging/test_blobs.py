@@ -1,4 +1,6 @@
-"""The local blob store: atomic UID-addressed files, streaming, deletes that leave no empty folders."""
+"""The blob-store contract, on local files and on S3 (a real moto S3 server): atomic UID-addressed
+objects, streaming, deletes of one key or a whole study; plus what only the local store has (files
+on disk, temp files, empty folders)."""
 
 from __future__ import annotations
 
@@ -6,26 +8,93 @@ from pathlib import Path
 
 import pytest
 
-from medcloud.imaging.blobs import LocalBlobStore, instance_key, valid_uid
+from medcloud.imaging.blobs import BlobStore, LocalBlobStore, instance_key, valid_uid
 
 
-def test_put_then_open_returns_the_same_bytes(tmp_path: Path) -> None:
-    store = LocalBlobStore(tmp_path / "dicom")
+@pytest.fixture(params=["local", "s3"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> BlobStore:
+    if request.param == "local":
+        return LocalBlobStore(tmp_path / "dicom")
+    from medcloud.imaging.s3 import S3BlobStore
+
+    return S3BlobStore(request.getfixturevalue("s3_bucket"), "site-a/dicom",
+                       endpoint_url=request.getfixturevalue("s3_endpoint"))
+
+
+# -- the contract (every BlobStore) ---------------------------------------------------------------
+
+
+def test_put_then_open_returns_the_same_bytes(store: BlobStore) -> None:
     key = instance_key("1.2", "1.2.3", "1.2.3.4")
     store.put(key, b"abc" * 100_000)
     assert store.exists(key)
     assert store.read(key) == b"abc" * 100_000
-    assert b"".join(store.iter_chunks(key, 1000)) == b"abc" * 100_000
-    assert (tmp_path / "dicom" / "1.2" / "1.2.3" / "1.2.3.4.dcm").is_file()
+    chunks = list(store.iter_chunks(key, 1000))
+    assert b"".join(chunks) == b"abc" * 100_000 and max(map(len, chunks)) == 1000
+    with store.open(key) as f:
+        assert f.read(3) == b"abc" and len(f.read()) == 299_997
 
 
-def test_put_overwrites_atomically_and_leaves_no_temp_files(tmp_path: Path) -> None:
-    store = LocalBlobStore(tmp_path)
+def test_put_overwrites(store: BlobStore) -> None:
     key = instance_key("1", "2", "3")
     store.put(key, b"old")
-    store.put(key, b"new")
+    store.put(key, b"new", sync_dir=False)
+    store.sync([key])
     assert store.read(key) == b"new"
-    assert [p.name for p in (tmp_path / "1" / "2").iterdir()] == ["3.dcm"]
+    assert list(store.keys()) == [key]
+
+
+def test_delete_is_idempotent(store: BlobStore) -> None:
+    key = instance_key("1", "2", "3")
+    store.put(key, b"x")
+    store.delete(key)
+    store.delete(key)  # absent is fine
+    assert not store.exists(key)
+    assert list(store.keys()) == []
+
+
+def test_delete_prefix_removes_a_whole_study_and_nothing_else(store: BlobStore) -> None:
+    for sop in ("3", "4"):
+        store.put(instance_key("1", "2", sop), b"x")
+    store.put(instance_key("1", "5", "6"), b"x")
+    store.put(instance_key("11", "2", "5"), b"y")  # "1" is a string prefix of "11": must survive
+    store.delete_prefix("1")
+    assert sorted(store.keys()) == ["11/2/5.dcm"]
+    store.put(instance_key("1", "2", "3"), b"x")
+    store.put(instance_key("1", "7", "3"), b"x")
+    store.delete_prefix("1/2")  # a series
+    assert sorted(store.keys()) == ["1/7/3.dcm", "11/2/5.dcm"]
+    assert sorted(store.keys("11/")) == ["11/2/5.dcm"]
+
+
+def test_open_of_a_missing_key_raises_file_not_found(store: BlobStore) -> None:
+    with pytest.raises(FileNotFoundError):
+        store.open("1/2/3.dcm")
+    with pytest.raises(FileNotFoundError):
+        store.read("1/2/3.dcm")
+    assert not store.exists("1/2/3.dcm")
+    with pytest.raises(ValueError):
+        store.open("../x")
+    with pytest.raises(ValueError):
+        store.put("/etc/x", b"")
+
+
+def test_empty_objects_round_trip(store: BlobStore) -> None:
+    store.put("1/2/3.dcm", b"")
+    assert store.exists("1/2/3.dcm") and store.read("1/2/3.dcm") == b""
+    assert list(store.iter_chunks("1/2/3.dcm")) == []
+
+
+# -- local files only ---------------------------------------------------------------------------------
+
+
+def test_local_files_are_uid_addressed_and_leave_no_temp_files(tmp_path: Path) -> None:
+    store = LocalBlobStore(tmp_path)
+    key = instance_key("1.2", "1.2.3", "1.2.3.4")
+    store.put(key, b"old")
+    store.put(key, b"new")
+    assert (tmp_path / "1.2" / "1.2.3" / "1.2.3.4.dcm").read_bytes() == b"new"
+    assert [p.name for p in (tmp_path / "1.2" / "1.2.3").iterdir()] == ["1.2.3.4.dcm"]
 
 
 def test_failed_write_leaves_neither_temp_file_nor_object(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -40,25 +109,17 @@ def test_failed_write_leaves_neither_temp_file_nor_object(tmp_path: Path, monkey
         store.put(key, b"data")
     assert not store.exists(key)
     assert list((tmp_path / "1" / "2").iterdir()) == []
+    assert list(store.keys()) == []  # a leftover ".tmp-" file would never be listed anyway
 
 
-def test_delete_removes_the_file_and_empty_folders(tmp_path: Path) -> None:
+def test_local_deletes_leave_no_empty_folders(tmp_path: Path) -> None:
     store = LocalBlobStore(tmp_path)
-    key = instance_key("1", "2", "3")
-    store.put(key, b"x")
-    store.delete(key)
-    store.delete(key)  # absent is fine
+    store.put(instance_key("1", "2", "3"), b"x")
+    store.delete(instance_key("1", "2", "3"))
     assert not (tmp_path / "1").exists()
-
-
-def test_delete_prefix_removes_a_whole_study(tmp_path: Path) -> None:
-    store = LocalBlobStore(tmp_path)
-    for sop in ("3", "4"):
-        store.put(instance_key("1", "2", sop), b"x")
-    store.put(instance_key("9", "2", "5"), b"y")
+    store.put(instance_key("1", "2", "3"), b"x")
     store.delete_prefix("1")
     assert not (tmp_path / "1").exists()
-    assert store.exists(instance_key("9", "2", "5"))
 
 
 @pytest.mark.parametrize("uid", ["", "../etc", "1.2/3", "1..2", "a.b", "1" * 65, "1.2."])
@@ -66,10 +127,3 @@ def test_invalid_uids_never_become_keys(uid: str) -> None:
     assert not valid_uid(uid)
     with pytest.raises(ValueError):
         instance_key(uid, "1", "2")
-
-
-def test_open_of_a_missing_key_raises_file_not_found(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError):
-        LocalBlobStore(tmp_path).open("1/2/3.dcm")
-    with pytest.raises(ValueError):
-        LocalBlobStore(tmp_path).open("../x")

@@ -169,14 +169,20 @@ class DuckDBEngine:
         return ViewResult(columns, rows, self._skipped(src, self.view(view)))
 
     def write(
-        self, view: ViewDefinition | dict[str, Any], source: Source, out: str | Path, fmt: OutputFormat
+        self, view: ViewDefinition | dict[str, Any], source: Source, out: str | Path, fmt: OutputFormat,
+        *, limit: int | None = None, header: bool = True,
     ) -> WriteResult:
-        """Write the view to ``out``; nothing is left at ``out`` when the run fails."""
+        """Write the view to ``out`` (at most ``limit`` rows; csv ``header`` line or not).
+
+        Nothing is left at ``out`` when the run fails.
+        """
         v = self.view(view)
         out = Path(out)
         query, _ = self.sql(v, source, typed=fmt in ("csv", "parquet"))
+        if limit is not None:
+            query = f"SELECT * FROM ({query}) AS __rows LIMIT {int(limit)}"
         options = {
-            "csv": "FORMAT csv, HEADER true",
+            "csv": f"FORMAT csv, HEADER {'true' if header else 'false'}",
             "parquet": "FORMAT parquet",
             "ndjson": "FORMAT json",
             "json": "FORMAT json, ARRAY true",

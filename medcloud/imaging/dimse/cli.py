@@ -75,13 +75,16 @@ def serve(
     port: Annotated[int | None, typer.Option("--port", help="DIMSE port (default dicom_port, 11112).")] = None,
     aet: Annotated[str | None, typer.Option("--aet", help="Our AE title (default MEDCLOUD).")] = None,
     allow_unknown: Annotated[bool, typer.Option("--allow-unknown", help="Accept any calling AE title.")] = False,
+    processes: Annotated[int | None, typer.Option("--processes", help="SCP processes sharing the port "
+                                                  "(SO_REUSEPORT; default dicom_processes, 1).")] = None,
 ) -> None:
     """Run only the DIMSE SCP (C-ECHO/STORE/FIND/MOVE/GET) against the archive, until Ctrl-C."""
     from medcloud.app import build_services
+    from medcloud.imaging.dimse.pool import ScpPool, process_count
     from medcloud.imaging.dimse.scp import DimseServer
 
     settings = _settings(data_dir=data_dir, db=db, host=host, dicom_ae_title=aet,
-                         dicom_allow_unknown=True if allow_unknown else None)
+                         dicom_allow_unknown=True if allow_unknown else None, dicom_processes=processes)
     bind_port = port if port is not None else settings.dicom_port
     if bind_port == 0:
         console.print("[red]cannot start:[/red] the DIMSE port is 0 (off); give --port")
@@ -92,10 +95,13 @@ def serve(
         console.print(f"[red]cannot start:[/red] {e}", highlight=False)
         raise typer.Exit(1) from e
     worker = services.job_worker()  # study-stable events and jobs, as the HTTP app would run them
+    pool = ScpPool()
     try:
         assert services.imaging is not None
         server = DimseServer(services.imaging, settings, port=bind_port)
         try:
+            # the extra processes first (see scp.running), then this one
+            pool.start(settings, bind_port, process_count(settings) - 1)
             bound = server.start()
         except OSError as e:
             console.print(f"[red]cannot start:[/red] DIMSE port {bind_port}: {e.strerror or e}", highlight=False)
@@ -104,11 +110,13 @@ def serve(
         callers = "any" if settings.dicom_allow_unknown else (
             ", ".join(r.title for r in settings.dicom_remotes) or "none (configure dicom_remotes)")
         console.print(f"[bold green]medcloud[/bold green] DIMSE SCP {settings.dicom_ae_title} on "
-                      f"{server.host}:{bound}; calling AE titles allowed: {callers}", highlight=False)
-        signal.signal(signal.SIGTERM, lambda *_: server.stop())  # serve_forever returns, cleanup runs
+                      f"{server.host}:{bound} ({len(pool.pids) + 1} processes); calling AE titles allowed: "
+                      f"{callers}", highlight=False)
+        signal.signal(signal.SIGTERM, lambda *_: server.request_stop())  # serve_forever returns, cleanup runs
         with contextlib.suppress(KeyboardInterrupt):
             server.serve_forever()
     finally:
+        pool.stop()
         worker.stop()
         services.close()
 
@@ -222,3 +230,9 @@ def move(
         if result.comment:
             console.print(f"[red]{result.comment}[/red]", highlight=False)
         raise typer.Exit(1)
+
+
+# ``medcloud dicom export --deid`` / ``medcloud dicom deid`` (security/deid/dicom_cli.py)
+from medcloud.security.deid.dicom_cli import register as _register_deid  # noqa: E402
+
+_register_deid(app)

@@ -17,6 +17,11 @@ Why it looks like this:
   archive without hooks and the changed studies are handed to the real hooks when the association
   ends and every ``FLUSH_SECONDS`` while it lasts. Per instance, the PUT of a growing ImagingStudy
   cost more than the store itself (O(n^2) over a 500-instance study).
+* C-STOREs are group-committed: every association's handler thread hands its bytes to one writer
+  thread (``GroupCommit``) and waits for the outcome; the writer stores whatever is queued in one
+  ``Archive.store_many`` transaction (one savepoint per instance, so one bad instance fails alone).
+  Handler threads no longer queue on the database's write lock one BEGIN at a time, patient/study/
+  series rows are written once per batch, and the C-STORE-RSP still leaves only after the commit.
 * pynetdicom does not set TCP_NODELAY; every accepted socket gets it here (small PDUs such as a
   C-STORE-RSP otherwise wait on Nagle + delayed ACK).
 """
@@ -27,9 +32,9 @@ import contextlib
 import dataclasses
 import io
 import logging
+import queue
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -43,7 +48,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from medcloud.config import RemoteAE, Settings
 from medcloud.errors import Invalid, MedcloudError
 from medcloud.imaging import status
-from medcloud.imaging.archive import Archive, InstanceRef
+from medcloud.imaging.archive import Archive, InstanceRef, Prepared, StoreResult
 from medcloud.imaging.dimse import find
 from medcloud.imaging.dimse.remotes import find_remote
 
@@ -118,6 +123,105 @@ class StudyChanges:
                 hook(studies)
             except Exception:  # noqa: BLE001 - the images are stored; the next change repairs the link
                 log.exception("imaging change hook failed for %d studies", len(studies))
+
+
+class GroupCommit:
+    """One writer thread storing the instances that handler threads queue, a batch per transaction.
+
+    Handler threads parse (``Archive.prepare``) before queueing, so the writer only writes: while
+    it waits on the database or the disk (GIL released), the next instances are being parsed.
+    ``store(data)`` blocks its caller until the batch holding ``data`` has committed (or failed) and
+    returns that instance's ``StoreResult``. Batches form on their own: while one commits, the
+    next C-STOREs queue up, so N busy associations give batches of about N and an idle one gives
+    batches of one (no added latency). ``max_batch`` bounds one transaction's size.
+    """
+
+    def __init__(self, archive: Archive, *, max_batch: int = 64):
+        self.archive = archive
+        self.max_batch = max_batch
+        self._queue: queue.SimpleQueue[tuple[Prepared, _Slot] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="dimse-group-commit", daemon=True)
+                self._thread.start()
+
+    def stop(self) -> None:
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._queue.put(None)
+            thread.join(timeout=30)
+
+    def store(self, data: bytes) -> StoreResult:
+        prepared = self.archive.prepare(data)
+        if prepared.refused is not None:
+            return prepared.refused
+        if self._thread is None:  # not started (or stopping): store directly
+            return self.archive.commit([prepared])[0]
+        slot = _Slot()
+        self._queue.put((prepared, slot))
+        return slot.wait()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            batch = [item]
+            stop = False
+            while len(batch) < self.max_batch:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                batch.append(more)
+            self._commit(batch)
+            if stop:
+                return
+
+    def _commit(self, batch: list[tuple[Prepared, _Slot]]) -> None:
+        try:
+            results = self.archive.commit([prepared for prepared, _ in batch])
+        except Exception:  # noqa: BLE001 - store_many reports per instance; this is a fault
+            log.exception("group commit of %d instances failed", len(batch))
+            results = [StoreResult(status.PROCESSING_FAILURE, reason="internal error while storing")] * len(batch)
+        for (_, slot), result in zip(batch, results, strict=True):
+            slot.set(result)
+
+
+class _Slot:
+    """Where the writer leaves one instance's result for the handler thread that waits on it."""
+
+    __slots__ = ("_done", "_result")
+
+    def __init__(self) -> None:
+        self._done = threading.Event()
+        self._result: StoreResult | None = None
+
+    def set(self, result: StoreResult) -> None:
+        self._result = result
+        self._done.set()
+
+    def wait(self) -> StoreResult:
+        self._done.wait()
+        assert self._result is not None
+        return self._result
+
+
+class _ReusePortServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server, bound with SO_REUSEPORT so several SCP processes share one port."""
+
+    def server_bind(self) -> None:
+        if hasattr(socket, "SO_REUSEPORT") and self.socket is not None:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
 
 
 class _AE(AE):
@@ -209,8 +313,10 @@ class DimseServer:
         self._server: ThreadedAssociationServer | None = None
         self._lock = threading.Lock()
         self.changes = StudyChanges(archive)
-        self._store_archive = dataclasses.replace(archive, on_change=[])  # hooks run batched, see above
+        # hooks run batched, see above; stores are group-committed by one writer thread
+        self._writer = GroupCommit(dataclasses.replace(archive, on_change=[]))
         self._stopping = threading.Event()
+        self._stop_requested = threading.Event()
         self._flusher: threading.Thread | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -251,8 +357,9 @@ class DimseServer:
                 (evt.EVT_ABORTED, self._on_end),
                 (evt.EVT_CONN_CLOSE, self._on_end),
             ]
-            server = ae.start_server((self.host, self.port), block=False, evt_handlers=handlers)
-            assert server is not None
+            server = ae.make_server((self.host, self.port), evt_handlers=handlers, server_class=_ReusePortServer)
+            threading.Thread(target=server.serve_forever, name=f"dimse-acceptor:{self.port}", daemon=True).start()
+            ae._servers.append(server)  # as AE.start_server does: server.shutdown() removes it
             accept = server.get_request
 
             def get_request() -> tuple[socket.socket, tuple[str, int]]:
@@ -263,7 +370,9 @@ class DimseServer:
             server.get_request = get_request  # type: ignore[method-assign]
             self._server = server
             self.port = server.server_address[1]
+            self._writer.start()
             self._stopping.clear()
+            self._stop_requested.clear()
             self._flusher = threading.Thread(target=self._flush_loop, name="dimse-study-changes", daemon=True)
             self._flusher.start()
             log.info("DIMSE SCP %s listening on %s:%d", self.ae_title, self.host, self.port)
@@ -274,6 +383,7 @@ class DimseServer:
             if self._server is not None:
                 self._server.shutdown()
                 self._server = None
+            self._writer.stop()
             self._stopping.set()
             if self._flusher is not None:
                 self._flusher.join(timeout=10)
@@ -284,12 +394,16 @@ class DimseServer:
         while not self._stopping.wait(FLUSH_SECONDS):
             self.changes.flush()
 
+    def request_stop(self) -> None:
+        """Ask ``serve_forever`` to stop and return (safe from a signal handler: it only sets a flag)."""
+        self._stop_requested.set()
+
     def serve_forever(self) -> None:
-        """Start (if needed) and block until ``stop()`` is called (another thread, a signal handler)."""
+        """Start (if needed) and block until ``request_stop()`` or ``stop()`` (another thread, a signal)."""
         self.start()
         try:
-            while self._server is not None:
-                time.sleep(0.5)
+            while self._server is not None and not self._stop_requested.wait(0.5):
+                pass
         finally:
             self.stop()
 
@@ -307,7 +421,7 @@ class DimseServer:
         except Exception as e:  # noqa: BLE001 - undecodable request: a status, not a dropped association
             return status_ds(status.CANNOT_UNDERSTAND, f"cannot read the data set: {type(e).__name__}")
         try:
-            result = self._store_archive.store(data)
+            result = self._writer.store(data)
         except Exception:  # noqa: BLE001 - the archive reports per-instance; this is a fault
             log.exception("C-STORE of %s failed", event.request.AffectedSOPInstanceUID)
             return status_ds(status.PROCESSING_FAILURE, "internal error while storing")
@@ -404,25 +518,32 @@ class DimseServer:
 
 @contextlib.contextmanager
 def running(settings: Settings, *, port: int | None = None) -> Iterator[DimseServer | None]:
-    """The SCP for ``medcloud serve``: its own Services in this (the parent) process, or nothing when
-    ``dicom_port`` is 0. uvicorn ``--workers N`` forks N app processes; only this one binds the port.
+    """The SCP for ``medcloud serve``: its own Services in this (the parent) process, plus
+    ``dicom_processes - 1`` more processes on the same port (``pool.py``); nothing when the port is 0.
+    uvicorn ``--workers N`` forks N app processes; none of them binds the DIMSE port.
 
     Raises OSError when the port cannot be bound (the caller reports it and exits).
     """
     from medcloud.app import build_services
+    from medcloud.imaging.dimse.pool import ScpPool, process_count
 
     p = settings.dicom_port if port is None else port
     if p == 0:
         yield None
         return
     services = build_services(settings, migrate=False)
+    pool = ScpPool()
     try:
         assert services.imaging is not None
         server = DimseServer(services.imaging, settings, port=p)
-        server.start()
+        # The extra processes first: associations last long, and whichever process listens first
+        # would otherwise take every one that arrives while the others are still starting.
+        pool.start(settings, p, process_count(settings) - 1)
         try:
+            server.start()
             yield server
         finally:
+            pool.stop()
             server.stop()
     finally:
         services.close()

@@ -349,7 +349,9 @@ class _Walker:
         out: dict[str, Any] = {}
         for k, x in v.items():
             if k == "value":
-                if isinstance(x, str):
+                if isinstance(x, str) and v.get("system") == "urn:dicom:uid" and x.startswith("urn:oid:"):
+                    out["value"] = "urn:oid:" + self.p.pseudonym_uid(x[8:])  # = the DICOM de-id UID (U)
+                elif isinstance(x, str):
                     out["value"] = self.p.pseudonym("identifier", x)
             elif k in ("use", "system"):
                 out[k] = x

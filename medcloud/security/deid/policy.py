@@ -72,6 +72,75 @@ DEFAULT_KEEP_STRINGS = frozenset({
 })
 
 
+# Secondary Capture image storage SOP classes (PS3.4 B.5): screenshots, scanned documents, often text.
+SECONDARY_CAPTURE = frozenset({"1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.7.1",
+                               "1.2.840.10008.5.1.4.1.1.7.2", "1.2.840.10008.5.1.4.1.1.7.3",
+                               "1.2.840.10008.5.1.4.1.1.7.4"})
+
+
+@dataclass(frozen=True)
+class MaskRule:
+    """Rectangles ``(x0, y0, x1, y1)`` (pixels, end exclusive) blacked out on images of one device/size."""
+
+    manufacturer: str
+    rows: int
+    columns: int
+    rects: tuple[tuple[int, int, int, int], ...]
+
+
+@dataclass(frozen=True)
+class DicomOptions:
+    """The DICOM-only part of a policy (the ``[dicom]`` table of a policy file); see ``deid/dicom.py``.
+
+    ``burned_in``: what to do with an instance whose pixels may carry burned-in text (BurnedInAnnotation
+    YES, or no flag and a suspect modality / SOP class): ``refuse`` it, or ``mask`` it with the first
+    ``mask`` rule matching (Manufacturer, Rows, Columns), else a ``mask_top_rows`` band (0 = refuse).
+    """
+
+    clean_descriptors: bool = False  # PS3.15 Clean Descriptors Option (113105)
+    burned_in: str = "refuse"  # refuse | mask
+    suspect_modalities: frozenset[str] = frozenset({"US", "XC", "ES", "OT", "DOC"})
+    suspect_sop_classes: frozenset[str] = SECONDARY_CAPTURE
+    mask: tuple[MaskRule, ...] = ()
+    mask_top_rows: int = 0
+    keep_private_creators: frozenset[str] = frozenset()  # private blocks kept (default: every one removed)
+
+    def __post_init__(self) -> None:
+        if self.burned_in not in ("refuse", "mask"):
+            raise Invalid("dicom.burned_in must be refuse or mask")
+        if not 0 <= self.mask_top_rows <= 65535:
+            raise Invalid("dicom.mask_top_rows must be 0..65535")
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> DicomOptions:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise Invalid(f"de-identification policy: unknown keys {', '.join('dicom.' + k for k in unknown)}")
+        values = dict(data)
+        for name in ("suspect_modalities", "suspect_sop_classes", "keep_private_creators"):
+            if name in values:
+                values[name] = frozenset(str(x) for x in values[name])
+        if "mask" in values:
+            values["mask"] = tuple(_mask_rule(r) for r in values["mask"])
+        try:
+            return cls(**values)
+        except TypeError as e:
+            raise Invalid(f"de-identification policy: [dicom]: {e}") from None
+
+
+def _mask_rule(raw: Any) -> MaskRule:
+    try:
+        rects = tuple((int(a), int(b), int(c), int(d)) for a, b, c, d in raw["rects"])
+        rule = MaskRule(str(raw.get("manufacturer", "")), int(raw["rows"]), int(raw["columns"]), rects)
+    except (KeyError, TypeError, ValueError):
+        raise Invalid("dicom.mask: each rule needs manufacturer, rows, columns and rects = "
+                      "[[x0, y0, x1, y1], ...]") from None
+    if any(not (0 <= x0 < x1 and 0 <= y0 < y1) for x0, y0, x1, y1 in rects):
+        raise Invalid("dicom.mask: a rectangle needs 0 <= x0 < x1 and 0 <= y0 < y1")
+    return rule
+
+
 @dataclass(frozen=True)
 class DeidPolicy:
     """One de-identification policy; build with ``safe_harbor(key)``, ``from_mapping`` or ``load``."""
@@ -93,6 +162,7 @@ class DeidPolicy:
     restricted_zip3: frozenset[str] = RESTRICTED_ZIP3
     keep_strings: frozenset[str] = DEFAULT_KEEP_STRINGS  # "Type.element" kept as is
     codeable_concept_text: str = "keep-if-coded"  # keep | remove | keep-if-coded
+    dicom: DicomOptions = field(default_factory=DicomOptions)
 
     def __post_init__(self) -> None:
         if not isinstance(self.key, bytes) or len(self.key) < 16:
@@ -120,18 +190,19 @@ class DeidPolicy:
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], *, key: bytes) -> DeidPolicy:
-        """From a parsed policy file: ``{"actions": {class: action}, "options": {...}}``."""
-        unknown = set(data) - {"actions", "options"}
+        """From a parsed policy file: ``{"actions": {class: action}, "options": {...}, "dicom": {...}}``."""
+        unknown = set(data) - {"actions", "options", "dicom"}
         actions, options = dict(data.get("actions", {})), dict(data.get("options", {}))
         unknown |= {f"actions.{k}" for k in actions if k not in CLASSES}
-        option_names = {f.name for f in fields(cls)} - set(CLASSES) - {"key"}
+        option_names = {f.name for f in fields(cls)} - set(CLASSES) - {"key", "dicom"}
         unknown |= {f"options.{k}" for k in options if k not in option_names}
         if unknown:
             raise Invalid(f"de-identification policy: unknown keys {', '.join(sorted(unknown))}")
         for name in ("restricted_zip3", "keep_strings"):
             if name in options:
                 options[name] = frozenset(options[name])
-        return cls(key=key, **actions, **options)
+        dicom = DicomOptions.from_mapping(data.get("dicom") or {})
+        return cls(key=key, **actions, **options, dicom=dicom)
 
     @classmethod
     def load(cls, path: Path, *, key: bytes) -> DeidPolicy:

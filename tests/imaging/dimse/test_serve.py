@@ -87,3 +87,43 @@ def test_remote_ae_settings_are_validated() -> None:
     with pytest.raises(ValueError):
         RemoteAE(title="OK", host="h", port=0)
     assert RemoteAE(title=" PACS ", host="h", port=104).title == "PACS"
+
+
+def test_several_scp_processes_share_the_port_and_die_with_their_parent(settings: Settings, tmp_path: Path) -> None:
+    """``--processes 2``: a second SCP process binds the same port (SO_REUSEPORT); associations
+    land on both and every instance is stored once; a kill -9 of the parent takes the child down."""
+    import psutil
+
+    port = free_port()
+    env = dict(os.environ, MEDCLOUD_LOG_LEVEL="warning")
+    proc = subprocess.Popen([EXE, "dicom", "serve", *_db_args(settings), "--host", "127.0.0.1", "--port", str(port),
+                             "--allow-unknown", "--processes", "2"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_port(port, proc, timeout=60)
+        deadline = time.monotonic() + 30
+        while True:  # the banner comes after both processes listen
+            children = [c for c in psutil.Process(proc.pid).children() if "medcloud" in " ".join(c.cmdline())
+                        or "multiprocessing" in " ".join(c.cmdline())]
+            scps = [c for c in children if any(conn.laddr.port == port and conn.status == psutil.CONN_LISTEN
+                                               for conn in c.net_connections("tcp"))]
+            if scps or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert scps, "no second SCP process listens on the port"
+        child = scps[0]
+        data = [_factory.instance(rows=8, columns=8, patient_id="PID-POOL") for _ in range(12)]
+        files = write(tmp_path / "in", data)
+        senders = [subprocess.Popen(["storescu", "-aet", f"M{k}", "127.0.0.1", str(port), *map(str, files[k::6])],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for k in range(6)]
+        assert [s.wait(timeout=60) for s in senders] == [0] * 6
+        found = run("findscu", "-S", "-v", "-aet", "M0", "127.0.0.1", str(port), "-k", "QueryRetrieveLevel=IMAGE",
+                    "-k", "PatientID=PID-POOL", "-k", "StudyInstanceUID", "-k", "SOPInstanceUID")
+        assert (found.stdout + found.stderr).count("(Pending)") == 12
+        proc.kill()
+        proc.wait(timeout=10)
+        assert child.wait(timeout=15) is not None or not child.is_running()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

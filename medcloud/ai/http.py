@@ -1,0 +1,132 @@
+"""HTTP edge of the model registry: ``GET /ai/models``, ``GET /ai/models/{name}``, ``POST /ai/models``.
+
+Every route needs a token (default deny, app.py ``PUBLIC_ROUTES``); listing needs no particular
+scope (manifests hold no patient data), registering needs ``medcloud/admin``. The body of a POST
+is the package archive itself (``application/zip`` or ``application/gzip``), at most
+``MAX_UPLOAD_BYTES``; ``?activate=true`` makes it the active version, ``?sha256=`` refuses it
+unless the package digest is that one. Errors are OperationOutcomes with the status of their
+category (medcloud/errors.py), like every other edge.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from medcloud.ai import package as packages
+from medcloud.ai.registry import Registry
+from medcloud.errors import Forbidden, Invalid, MedcloudError, NotFound, TooLarge, Unauthorized
+from medcloud.fhir.exchange import STATUS_BY_CATEGORY, Principal, operation_outcome
+from medcloud.security.audit import AuditRecord
+from medcloud.security.http import EdgeAuth, unauthorized_response
+from medcloud.security.scopes import is_admin
+
+if TYPE_CHECKING:
+    from medcloud.app import Services
+    from medcloud.fhir.context import FhirContext
+
+MAX_UPLOAD_BYTES = 256 * 1024 * 1024
+_JSON = "application/json"
+
+
+def routes(svc: Services) -> list[Route]:
+    edge = _Edge(Registry(svc.db), EdgeAuth.of(svc.fhir), svc.fhir)
+    return [
+        Route("/ai/models", edge.wrap(edge.collection), methods=["GET", "POST"]),
+        Route("/ai/models/{name}", edge.wrap(edge.model), methods=["GET"]),
+    ]
+
+
+class _Edge:
+    def __init__(self, registry: Registry, auth: EdgeAuth, ctx: FhirContext):
+        self.registry = registry
+        self.auth = auth
+        self.ctx = ctx
+
+    def wrap(self, fn: Any) -> Any:
+        async def endpoint(request: Request) -> Response:
+            try:
+                return await fn(request)
+            except Unauthorized as e:
+                return unauthorized_response(e)
+            except MedcloudError as e:
+                return Response(orjson.dumps(operation_outcome(e.issues)),
+                                status_code=STATUS_BY_CATEGORY.get(e.category, 500),
+                                media_type="application/fhir+json; charset=utf-8")
+
+        return endpoint
+
+    async def collection(self, request: Request) -> Response:
+        principal = await self.auth.principal(request)  # before the body: no anonymous uploads
+        if request.method == "GET":
+            versions = await run_in_threadpool(self.registry.list, request.query_params.get("name"))
+            return _json({"models": [v.to_json() for v in versions]})
+        entity = "AIModel"
+        try:
+            if not is_admin(principal):
+                raise Forbidden("registering a model needs the medcloud/admin scope")
+            activate = _flag(request.query_params.get("activate"))
+            expected = request.query_params.get("sha256")
+            body = await _body(request)
+            pkg = await run_in_threadpool(packages.from_bytes, body, expected_sha256=expected)
+            entity = f"AIModel/{pkg.manifest.name}@{pkg.manifest.version}"
+            existed = await run_in_threadpool(self._known, pkg.manifest.name, pkg.manifest.version)
+            version = await run_in_threadpool(lambda: self.registry.register(pkg, activate=activate,
+                                                                             by=principal.subject))
+        except MedcloudError as e:
+            await run_in_threadpool(self._audit, principal, entity, STATUS_BY_CATEGORY.get(e.category, 500))
+            raise
+        status = 200 if existed else 201
+        await run_in_threadpool(self._audit, principal, entity, status)
+        return _json(version.to_json(), status=status, headers={"Location": f"/ai/models/{version.name}"})
+
+    def _audit(self, principal: Principal, entity: str, status: int) -> None:
+        """Registrations and refused attempts go to the audit trail: a model changes what clinicians see."""
+        self.ctx.guard.record(AuditRecord(recorded=self.ctx.clock(), interaction="create", who=principal.subject,
+                                          client_id=principal.client_id, source_ip=principal.source_ip,
+                                          resource=entity, patient=None, status=status, durable=True))
+
+    async def model(self, request: Request) -> Response:
+        await self.auth.principal(request)
+        name = request.path_params["name"]
+        versions = await run_in_threadpool(self.registry.list, name)
+        if not versions:
+            raise NotFound(f"no model named {name}")
+        active = next((v.version for v in versions if v.active), None)
+        return _json({"name": name, "active": active, "versions": [v.to_json() for v in versions]})
+
+    def _known(self, name: str, version: str) -> bool:
+        return any(v.version == version for v in self.registry.list(name))
+
+
+async def _body(request: Request) -> bytes:
+    size = request.headers.get("content-length")
+    if size is not None and size.isdigit() and int(size) > MAX_UPLOAD_BYTES:
+        raise TooLarge(f"a model package upload is at most {MAX_UPLOAD_BYTES // 2**20} MiB")
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > MAX_UPLOAD_BYTES:
+            raise TooLarge(f"a model package upload is at most {MAX_UPLOAD_BYTES // 2**20} MiB")
+        chunks.append(chunk)
+    if not total:
+        raise Invalid("send the model package (.zip or .tar.gz) as the request body")
+    return b"".join(chunks)
+
+
+def _flag(value: str | None) -> bool:
+    if value in (None, "", "false", "0"):
+        return False
+    if value in ("true", "1"):
+        return True
+    raise Invalid(f"activate must be true or false, not {value!r}")
+
+
+def _json(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(doc), status_code=status, media_type=_JSON, headers=headers)
