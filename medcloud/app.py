@@ -6,6 +6,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -14,6 +15,7 @@ from starlette.routing import Route
 
 from medcloud import __version__
 from medcloud.ai import http as ai_http
+from medcloud.cds import http as cds_http
 from medcloud.config import Settings
 from medcloud.fhir import http as fhir_http
 from medcloud.fhir.context import FhirContext
@@ -30,6 +32,9 @@ from medcloud.security.policy import SmartPolicy
 from medcloud.storage.migrate import upgrade
 from medcloud.storage.sql.database import Database
 
+if TYPE_CHECKING:
+    from medcloud.ai.reads import Reads
+
 
 @dataclass
 class Services:
@@ -38,6 +43,7 @@ class Services:
     fhir: FhirContext
     audit: AuditTrail
     imaging: Archive | None = None
+    ai_reads: Reads | None = None  # automatic reads of stable studies (ai/reads.py)
 
     def job_worker(self) -> Worker:
         """A worker for the background jobs (Bulk $export); the app runs one, ``medcloud worker`` another."""
@@ -49,6 +55,11 @@ class Services:
         worker.idle_hooks.append(_every(10.0, _analyze_when_grown(self.db)))
         if self.imaging is not None:
             worker.idle_hooks.append(_every(1.0, self.imaging.mark_stable))
+        if self.ai_reads is not None:
+            from medcloud.ai.reads import KIND as AI_READ
+
+            worker.handlers[AI_READ] = self.ai_reads.handle
+            self.ai_reads.wakers.append(worker.wake)
         return worker
 
     def close(self) -> None:
@@ -66,6 +77,8 @@ def build_services(settings: Settings, *, migrate: bool = True) -> Services:
     cursors = CursorCodec(db, settings.cursor_ttl)
     cursors.signing_key()  # created/loaded outside any request transaction (SQLite: one writer)
     at_rest = AtRest.open(settings, db)  # a missing or wrong master key stops the start here
+    if settings.ai_default_models:
+        _default_models(db)
     indexer = Indexer()
     ctx = FhirContext(
         settings=settings,
@@ -76,7 +89,7 @@ def build_services(settings: Settings, *, migrate: bool = True) -> Services:
         at_rest=at_rest,
     )
     imaging = dicomweb.build_archive(settings, db, ctx)
-    return Services(settings, db, ctx, audit, imaging)
+    return Services(settings, db, ctx, audit, imaging, _ai_reads(settings, imaging, ctx))
 
 
 # Default deny: every route needs credentials except these, each public for a stated reason.
@@ -88,6 +101,7 @@ PUBLIC_ROUTES: dict[str, str] = {
     "/fhir/.well-known/smart-configuration": "SMART discovery happens before authorization",
     "/auth/jwks": "public keys that verify medcloud's tokens",
     "/auth/authorize": "the login + consent page itself",
+    "/cds-services": "CDS Hooks discovery: service list and prefetch templates, no patient data",
 }
 
 
@@ -120,11 +134,34 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
     app = Starlette(
         # OAuth routes first: /fhir/.well-known/smart-configuration must not reach the FHIR catch-all.
         routes=[Route("/", root), Route("/healthz", health), *oauth_routes(svc.fhir), *fhir_routes,
-                *dicomweb.routes(svc), *ai_http.routes(svc)],
+                *dicomweb.routes(svc), *ai_http.routes(svc), *cds_http.routes(svc)],
         lifespan=lifespan,
     )
     app.state.services = svc
     return app
+
+
+def _default_models(db: Database) -> None:
+    """The image models shipped with medcloud, registered + active unless their name is taken."""
+    from medcloud.ai.defaults import ensure_default_models
+    from medcloud.ai.registry import Registry
+
+    ensure_default_models(Registry(db))
+
+
+def _ai_reads(settings: Settings, imaging: Archive, ctx: FhirContext) -> Reads | None:
+    """Automatic reads: subscribed to the archive's study-stable event; the job worker runs them."""
+    if not settings.ai_auto_read:
+        return None
+    from medcloud.ai.reads import Reads
+    from medcloud.ai.registry import Registry
+    from medcloud.ai.runtime import Runtime
+
+    registry = Registry(ctx.db)
+    reads = Reads(imaging, ctx, registry, Runtime(registry, threads=settings.ai_threads),
+                  JobQueue(ctx.db, clock=ctx.clock), batch=settings.ai_batch)
+    imaging.on_stable.append(reads.on_stable)
+    return reads
 
 
 def _reference_compartments(db: Database) -> Callable[[str, str], list[str]]:

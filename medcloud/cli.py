@@ -143,7 +143,7 @@ def _register_subcommands() -> None:
                          ("medcloud.security.keys_cli", "keys"), ("medcloud.security.deid.cli", None),
                          ("medcloud.imaging.dimse.cli", "dicom"),
                          ("medcloud.analytics.cohort_cli", "cohort"), ("medcloud.analytics.stats_cli", "stats"),
-                         ("medcloud.ai.cli", "ai"), ("medcloud.analytics.ml_cli", "ml")):
+                         ("medcloud.ai.cli", "ai"), ("medcloud.analytics.ml_cli", "ml"), ("medcloud.cds.cli", "cds")):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as e:

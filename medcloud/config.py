@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import (
@@ -70,6 +70,41 @@ class RemoteAE(BaseModel):
         return v
 
 
+class CdsClient(BaseModel):
+    """An EHR (CDS client) allowed to call medcloud's CDS Hooks services (docs/cds.md, "Security").
+
+    Its JWTs are verified with ``jwks`` (inline JWK Set) or the set at ``jwks_url``; a token whose
+    ``jku`` header names another URL is refused unless that URL is in ``jku_allow``.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    iss: str = Field(min_length=1)  # the JWT's ``iss``
+    jwks_url: str | None = None
+    jwks: dict[str, Any] | None = None
+    jku_allow: list[str] = Field(default_factory=list)
+    services: list[str] = Field(default_factory=lambda: ["*"])  # service ids this client may call
+
+
+class CdsModelService(BaseModel):
+    """A CDS service made by configuration: a registered tabular model + a ViewDefinition for its features."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")
+    title: str
+    description: str = ""
+    model: str  # registry name; the active version unless ``version``
+    version: str | None = None
+    view: dict[str, Any]  # SQL-on-FHIR ViewDefinition JSON (docs/cds.md, "Services by configuration")
+    hook: str = "patient-view"
+    outcome: str = ""  # what the probability is of (RiskAssessment.prediction.outcome.text)
+    threshold: float | None = Field(default=None, ge=0, le=1)  # default: the model's decision_threshold metric
+    max_missing: int = Field(default=0, ge=0)  # features allowed to be missing (then imputed by the model)
+    # Prefetch templates (key -> FHIR query); default: every resource of the view's type for the patient.
+    prefetch: dict[str, str] = Field(default_factory=dict)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="MEDCLOUD_", frozen=True, extra="forbid", toml_file="medcloud.toml"
@@ -115,12 +150,47 @@ class Settings(BaseSettings):
     # under one GIL); more help only where the database takes concurrent writers (PostgreSQL) and
     # cores are spare: on 2 cores with SQLite, 2 processes were slower (docs/imaging.md).
     dicom_processes: int = Field(default=1, ge=1, le=64)
+    # The archive's store policy (STOW-RS and C-STORE alike): a second instance with a stored SOP
+    # Instance UID is refused (0x0111 / 409) or replaces it (0xB000 warning); instances larger than
+    # the limit are refused with 0xA700; a study is "stable" after this many quiet seconds.
+    dicom_duplicates: Literal["reject", "overwrite"] = "reject"
+    dicom_max_instance_mb: int = Field(default=512, ge=1, le=4096)
+    dicom_stable_after: float = Field(default=5.0, gt=0, le=86400)
+    # Extra QIDO-RS / C-FIND matching keys beyond PS3.18's (keywords or 8-hex tags, e.g.
+    # ["InstitutionName", "StationName", "00181030"]); indexed per instance on store. After changing
+    # the list, `medcloud dicom reindex` indexes the instances already stored.
+    dicom_extra_tags: list[str] = Field(default_factory=list)
     # Where DICOM instance files live (docs/imaging.md "Object storage (S3)"): "local" (DATA_DIR/dicom)
     # or "s3://bucket/prefix" (any S3-compatible store: AWS, MinIO, Ceph RGW). Credentials come from
     # boto3's standard chain (AWS_ACCESS_KEY_ID/..., AWS_PROFILE, instance role), never from here.
     blob_store: str = "local"
     s3_endpoint_url: str = ""  # empty = AWS; e.g. http://minio:9000
     s3_region: str = ""  # empty = boto3's chain (AWS_REGION / profile), else us-east-1
+
+    @field_validator("dicom_extra_tags")
+    @classmethod
+    def _extra_tags(cls, v: list[str]) -> list[str]:
+        from medcloud.imaging.extra_tags import normalise_tag
+
+        return [normalise_tag(t) for t in v]
+
+    # CDS Hooks (issue 8, docs/cds.md): allowed EHR clients, RiskAssessment writing, staleness limits,
+    # services made by configuration.
+    cds_clients: list[CdsClient] = Field(default_factory=list)
+    cds_write_risk_assessments: bool = True
+    cds_stale_days: int = Field(default=365, ge=1)  # labs/BP older than this are flagged (PCE)
+    cds_vitals_stale_hours: int = Field(default=24, ge=1)  # vital signs older than this are flagged (NEWS2)
+    cds_jwt_max_lifetime: int = Field(default=300, ge=1)  # seconds between iat and exp
+    cds_news2_scale2_conditions: list[str] = Field(default_factory=lambda: ["389087006"])  # SNOMED, SpO2 scale 2
+    cds_model_services: list[CdsModelService] = Field(default_factory=list)
+    # AI image diagnosis (issue 7, docs/ai.md): ONNX Runtime intra-op threads per session (0 = its
+    # default, all cores), images per inference batch, and automatic reads of stable studies.
+    ai_threads: int = Field(default=0, ge=0, le=256)
+    ai_batch: int = Field(default=16, ge=1, le=1024)
+    ai_auto_read: bool = True
+    # register + activate the shipped default image models (brain-mri, pneumonia) at start when their
+    # name has no registered version (medcloud/ai/defaults.py)
+    ai_default_models: bool = True
 
     @field_validator("blob_store")
     @classmethod

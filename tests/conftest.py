@@ -21,6 +21,10 @@ from medcloud.storage.schema import metadata
 
 PG_ADMIN = os.environ.get("MEDCLOUD_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+# Apps built by tests start with an empty model registry: registering the shipped image models costs
+# each app a few hundred ms and would change what registry tests see. tests/ai/test_default_models.py
+# turns them on explicitly.
+os.environ.setdefault("MEDCLOUD_AI_DEFAULT_MODELS", "false")
 
 
 def _pg_available() -> str | None:

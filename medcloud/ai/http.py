@@ -1,4 +1,4 @@
-"""HTTP edge of the model registry: ``GET /ai/models``, ``GET /ai/models/{name}``, ``POST /ai/models``.
+"""HTTP edge of the model registry (``GET/POST /ai/models``, ``GET /ai/models/{name}``) and ``GET /ai/jobs``.
 
 Every route needs a token (default deny, app.py ``PUBLIC_ROUTES``); listing needs no particular
 scope (manifests hold no patient data), registering needs ``medcloud/admin``. The body of a POST
@@ -29,6 +29,8 @@ from medcloud.security.scopes import is_admin
 if TYPE_CHECKING:
     from medcloud.app import Services
     from medcloud.fhir.context import FhirContext
+    from medcloud.jobs import Job
+    from medcloud.security.guard import Guard
 
 MAX_UPLOAD_BYTES = 256 * 1024 * 1024
 _JSON = "application/json"
@@ -39,6 +41,7 @@ def routes(svc: Services) -> list[Route]:
     return [
         Route("/ai/models", edge.wrap(edge.collection), methods=["GET", "POST"]),
         Route("/ai/models/{name}", edge.wrap(edge.model), methods=["GET"]),
+        Route("/ai/jobs", edge.wrap(edge.jobs), methods=["GET"]),
     ]
 
 
@@ -100,8 +103,53 @@ class _Edge:
         active = next((v.version for v in versions if v.active), None)
         return _json({"name": name, "active": active, "versions": [v.to_json() for v in versions]})
 
+    async def jobs(self, request: Request) -> Response:
+        """``GET /ai/jobs`` (``?status=``): automatic reads, as their results are seen: a token that may
+        search DiagnosticReport, and only the jobs of patients whose reports it may read."""
+        from medcloud.ai.reads import KIND
+        from medcloud.jobs import JobQueue
+
+        principal = await self.auth.principal(request)
+        if not self.ctx.guard.policy.may(principal, "search-type", "DiagnosticReport"):
+            raise Forbidden("listing AI jobs needs read access to DiagnosticReport (e.g. user/DiagnosticReport.rs)")
+        status = request.query_params.get("status")
+        found = await run_in_threadpool(JobQueue(self.ctx.db).recent, [KIND], status=status)
+        visible = visible_jobs(self.ctx.guard, principal, found)
+        await run_in_threadpool(self._audit_search, principal, len(visible))
+        return _json({"jobs": [job_json(j) for j in visible]})
+
+    def _audit_search(self, principal: Principal, count: int) -> None:
+        self.ctx.guard.record(AuditRecord(recorded=self.ctx.clock(), interaction="search-type", who=principal.subject,
+                                          client_id=principal.client_id, source_ip=principal.source_ip,
+                                          resource="AIJob", patient=principal.patient, status=200))
+
     def _known(self, name: str, version: str) -> bool:
         return any(v.version == version for v in self.registry.list(name))
+
+
+def visible_jobs(guard: Guard, principal: Principal, jobs: list[Job]) -> list[Job]:
+    """The jobs whose patient's DiagnosticReports the principal may read. Only grants without further
+    ``?param`` restrictions admit a job (a job has no category to match): never wider than the reports."""
+    grants = guard.read_filter(principal, "DiagnosticReport")
+    if grants is None:
+        return jobs
+    patients = {g.patient for g in grants if not g.params}
+    return [j for j in jobs if None in patients or j.request.get("patient") in patients]
+
+
+def job_json(job: Job) -> dict[str, Any]:
+    """One automatic-read job for ``GET /ai/jobs`` and ``medcloud ai jobs --json``."""
+    req = job.request
+    return {"id": job.id, "status": job.status, "study": req.get("study"), "model": req.get("model"),
+            "version": req.get("version"), "patient": req.get("patient"), "images": len(req.get("instances", [])),
+            "attempts": job.attempts, "created": _iso_us(job.created), "updated": _iso_us(job.updated),
+            "error": job.error, "result": job.result}
+
+
+def _iso_us(us: int) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(us / 1_000_000)) + f".{us // 1000 % 1000:03d}Z"
 
 
 async def _body(request: Request) -> bytes:

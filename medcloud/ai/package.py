@@ -108,6 +108,7 @@ class ImageInput(_Strict):
     kind: Literal["image"] = "image"
     name: str = Field(min_length=1)  # the ONNX input
     size: tuple[int, int]  # (height, width)
+    resize: Literal["stretch", "letterbox"] = "stretch"  # letterbox keeps the aspect ratio (pads with 0)
     channels: Literal[1, 3]
     layout: Literal["NCHW", "NHWC"] = "NCHW"
     normalisation: Normalisation | None = None

@@ -19,6 +19,11 @@ LIMITATIONS = (
     "resources stored here (no external terminology server: filters over SNOMED CT or LOINC are refused)."
 )
 
+# CDS Hooks 2.0 services live beside the FHIR base (docs/cds.md); the RiskAssessments they write are here.
+CDS_NOTE = ("Also written by medcloud's CDS Hooks 2.0 services ([server]/cds-services: cardiovascular-risk, "
+            "early-warning, breast-mass-malignancy, configured models), with basis, method, model and "
+            "explanation extensions (docs/cds.md).")
+
 INTERACTIONS = ("read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create",
                 "search-type")
 
@@ -102,9 +107,11 @@ def _resource(rtype: str, ops: list[Any]) -> dict[str, Any]:
                 "interaction": [{"code": "read"}, {"code": "search-type"}],
                 "documentation": "The hash-chained audit trail (docs/security.md): readable by administrators "
                                  "(scope medcloud/admin), never writable through the API."}
+    extra = {"documentation": CDS_NOTE} if rtype == "RiskAssessment" else {}
     return {
         "type": rtype,
         "profile": f"http://hl7.org/fhir/StructureDefinition/{rtype}",
+        **extra,
         "interaction": [{"code": c} for c in INTERACTIONS],
         "versioning": "versioned-update",
         "readHistory": True,

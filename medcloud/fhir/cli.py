@@ -224,11 +224,48 @@ def _text(r: Any) -> str:
         return r.text[:300]
 
 
-def worker(data_dir: DataDir = None, db: DbUrl = None) -> None:
-    """Run background jobs (Bulk $export) in this process until interrupted."""
+def worker(data_dir: DataDir = None, db: DbUrl = None,
+           processes: Annotated[int, typer.Option("--processes", "-n", min=1, max=64,
+                                                  help="Worker processes (each claims jobs on its own; "
+                                                       "use PostgreSQL for more than one).")] = 1) -> None:
+    """Run background jobs (Bulk $export, AI reads) in this process, or in N processes, until interrupted."""
+    settings = _settings(data_dir=data_dir, db=db)
+    if processes > 1:
+        _worker_processes(settings, processes)
+        return
+    _worker_loop(settings)
+
+
+def _worker_processes(settings: Any, n: int) -> None:
+    """N independent worker processes (no HTTP): the jobs table arbitrates (SKIP LOCKED claims, leases)."""
+    import multiprocessing
+
+    from medcloud.storage.migrate import upgrade
+    from medcloud.storage.sql.database import Database
+
+    database = Database.connect(settings.db_url)
+    try:
+        upgrade(database)  # once, before the workers race for it
+    finally:
+        database.dispose()
+    spawn = multiprocessing.get_context("spawn")
+    procs = [spawn.Process(target=_worker_loop, args=(settings, True), name=f"medcloud-worker-{i}", daemon=False)
+             for i in range(n)]
+    for p in procs:
+        p.start()
+    console.print(f"medcloud worker: {n} processes ({', '.join(str(p.pid) for p in procs)}); Ctrl-C to stop")
+    try:
+        for p in procs:
+            p.join()
+    except KeyboardInterrupt:
+        for p in procs:
+            p.join(timeout=35)
+
+
+def _worker_loop(settings: Any, child: bool = False) -> None:
     from medcloud.app import build_services
 
-    services = build_services(_settings(data_dir=data_dir, db=db))
+    services = build_services(settings, migrate=not child)
     w = services.job_worker()
     w.start()
     console.print(f"medcloud worker {w.name} running; Ctrl-C to stop")

@@ -7,6 +7,7 @@ and an EOF inside an undefined-length item (pydicom's warning) is a failure too.
 
 from __future__ import annotations
 
+import datetime
 import io
 import warnings
 from dataclasses import dataclass
@@ -40,9 +41,10 @@ class Parsed:
     instance: dict[str, Any]
     metadata: bytes  # DICOM JSON object; BulkDataURIs relative to the DICOMweb base
     warnings: tuple[str, ...] = ()
+    extra: tuple[tuple[str, str], ...] = ()  # (tag, value) of the configured extra matching keys
 
 
-def parse(data: bytes, *, max_bytes: int) -> Parsed:
+def parse(data: bytes, *, max_bytes: int, extra_tags: tuple[str, ...] = ()) -> Parsed:
     """Parse and validate one Part-10 instance.
 
     Raises TooLarge (-> 0xA700), Unprocessable (not DICOM / corrupt, -> 0xC000), Invalid (missing
@@ -117,7 +119,14 @@ def parse(data: bytes, *, max_bytes: int) -> Parsed:
             },
             metadata=metadata_json(ds, study_uid, series_uid, sop_uid, ts),
             warnings=tuple(notes),
+            extra=extra_tags_of(ds, extra_tags) if extra_tags else (),
         )
+
+
+def extra_tags_of(ds: Dataset, tags: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    from medcloud.imaging.extra_tags import from_dataset
+
+    return from_dataset(ds, tags)
 
 
 def metadata_json(ds: Dataset, study: str, series: str, sop: str, ts: str) -> bytes:
@@ -220,11 +229,21 @@ def _int(ds: Dataset, keyword: str) -> int | None:
 
 
 def da(value: str | None) -> str | None:
-    """A DICOM DA normalised to YYYYMMDD (old ACR-NEMA ``YYYY.MM.DD`` accepted); None if not a date."""
+    """A DICOM DA normalised to YYYYMMDD (old ACR-NEMA ``YYYY.MM.DD`` accepted); None if not a date.
+
+    The date must exist in the calendar (PS3.5 Table 6.2-1: "a valid date"): ``20211301`` and
+    ``20230230`` are not dates, so a query for them is refused instead of matching nothing.
+    """
     if not value:
         return None
     s = value.replace(".", "").replace("-", "").strip()
-    return s if len(s) == 8 and s.isdigit() else None
+    if len(s) != 8 or not s.isdigit():
+        return None
+    try:
+        datetime.date(int(s[:4]), int(s[4:6]), int(s[6:]))
+    except ValueError:
+        return None
+    return s
 
 
 def tm(value: str | None, *, upper: bool = False) -> str | None:
@@ -237,6 +256,9 @@ def tm(value: str | None, *, upper: bool = False) -> str | None:
     s = value.replace(":", "").strip()
     whole, _, frac = s.partition(".")
     if not whole.isdigit() or len(whole) % 2 or len(whole) > 6 or (frac and not frac.isdigit()):
+        return None
+    # HH 00-23, MM 00-59, SS 00-60 (60: a leap second, PS3.5 Table 6.2-1); at most 6 fraction digits.
+    if int(whole[:2]) > 23 or whole[2:4] > "59" or whole[4:6] > "60" or len(frac) > 6:
         return None
     pad = "9" if upper else "0"
     whole = whole + ("595959"[len(whole):] if upper else "0" * (6 - len(whole)))

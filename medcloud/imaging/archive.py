@@ -14,16 +14,24 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import orjson
 from sqlalchemy import Connection, and_, delete, func, insert, select, update
 
 from medcloud.errors import Conflict, Invalid, MedcloudError, NotFound
 from medcloud.imaging import status
 from medcloud.imaging._parse import Parsed, parse
 from medcloud.imaging.blobs import BlobStore, instance_key, valid_uid
-from medcloud.storage.imaging_schema import dicom_instances, dicom_patients, dicom_series, dicom_studies
+from medcloud.storage.imaging_schema import (
+    dicom_extra_index,
+    dicom_instances,
+    dicom_patients,
+    dicom_series,
+    dicom_studies,
+)
 from medcloud.storage.sql.database import Database
 
 log = logging.getLogger("medcloud.imaging")
@@ -38,6 +46,14 @@ class ArchiveConfig:
     patient_id_system: str = "urn:medcloud:dicom:patient-id"
     # A study is "stable" (complete) once no instance arrived for this long (issue 5; the AI subscribes).
     stable_after_seconds: float = 5.0
+    # Extra matching keys indexed per instance (8-hex tags; imaging/extra_tags.py).
+    extra_tags: tuple[str, ...] = ()
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> ArchiveConfig:
+        return cls(max_instance_bytes=settings.dicom_max_instance_mb * 1024 * 1024,
+                   duplicates=settings.dicom_duplicates, stable_after_seconds=settings.dicom_stable_after,
+                   extra_tags=tuple(settings.dicom_extra_tags))
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,21 +123,24 @@ class Archive:
     def prepare(self, data: bytes, *, study_uid: str | None = None) -> Prepared:
         """Parse and validate one instance (no I/O; any thread may run it); ``commit`` stores it."""
         try:
-            p = parse(data, max_bytes=self.config.max_instance_bytes)
+            p = parse(data, max_bytes=self.config.max_instance_bytes, extra_tags=self.config.extra_tags)
             if study_uid is not None and p.study_uid != study_uid:
                 raise Invalid(f"StudyInstanceUID {p.study_uid} does not match the study {study_uid} of the request")
             return Prepared(data, p, None)
         except MedcloudError as e:
             return Prepared(data, None, _failed(e, getattr(e, "parsed", None)))
 
-    def commit(self, prepared: list[Prepared]) -> list[StoreResult]:
-        """Store prepared instances in one transaction (one savepoint each); one result per item, in order."""
+    def commit(self, prepared: list[Prepared], *, notify: bool = True) -> list[StoreResult]:
+        """Store prepared instances in one transaction (one savepoint each); one result per item, in order.
+
+        ``notify=False`` leaves the ``on_change`` hooks to the caller (group_commit.py runs them once
+        per batch of requests)."""
         results: list[StoreResult | None] = [pr.refused for pr in prepared]
         good = [(i, pr.parsed, pr.data) for i, pr in enumerate(prepared) if pr.parsed is not None]
         if good:
             self._store_parsed(good, results)
         changed = {r.study_uid for r in results if r is not None and r.stored and r.study_uid}
-        if changed:
+        if changed and notify:
             self._notify(changed)
         return [r if r is not None else StoreResult(status.PROCESSING_FAILURE, reason="not processed") for r in results]
 
@@ -151,6 +170,10 @@ class Archive:
                 known: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}  # rows written by this request
                 written: list[str] = []
                 stored = _existing(conn, [p.sop_uid for _, p, _ in items])  # sop uid -> (pk, blob key, study pk)
+                # New instances' files are written in parallel up front (each put fsyncs its file:
+                # serially that was most of a group-committed batch's time). Duplicates and
+                # overwrites keep the in-order put below; the isolated retry writes one by one.
+                prewritten = set() if isolate else self._put_new(items, stored, created)
                 for i, p, data in items:
                     sp = conn.begin_nested() if isolate else None
                     new_key: str | None = None
@@ -162,7 +185,8 @@ class Archive:
                         key = instance_key(p.study_uid, p.series_uid, p.sop_uid)
                         if old is None or old[1] != key:
                             new_key = key
-                        self.blobs.put(key, data, sync_dir=False)
+                        if key not in prewritten:
+                            self.blobs.put(key, data, sync_dir=False)
                         written.append(key)
                         if old is not None:
                             touched.add(old[2])
@@ -175,7 +199,7 @@ class Archive:
                             sp.commit()
                         known.update(staged)  # only rows of committed savepoints may be reused
                         stored[p.sop_uid] = (pk, key, study_pk)
-                        if new_key:
+                        if new_key and new_key not in prewritten:  # prewritten keys are in already
                             created.append(new_key)
                         warn = ((status.COERCION_OF_DATA_ELEMENTS, "replaced the stored instance with the same SOP "
                                  "Instance UID (duplicate policy: overwrite)"),) if old is not None else ()
@@ -187,7 +211,7 @@ class Archive:
                         results[i] = _failed(e, p)
                     except Exception as e:  # noqa: BLE001 - one instance fails, the request goes on
                         if sp is None:
-                            if new_key:
+                            if new_key and new_key not in prewritten:
                                 created.append(new_key)
                             raise _RetryIsolated from e
                         sp.rollback()
@@ -218,6 +242,27 @@ class Archive:
         for key in replaced_blobs:
             self._discard(key)
 
+    def _put_new(self, items: list[tuple[int, Parsed, bytes]], stored: dict[str, tuple[int, str, int]],
+                 created: list[str]) -> set[str]:
+        """Write the blobs of instances that are new and unique in the batch, in parallel; their keys.
+
+        Keys go to ``created`` first, so a failing batch removes them. A failed put raises
+        ``_RetryIsolated`` (the batch is redone instance by instance, where that instance fails alone).
+        """
+        seen: dict[str, int] = {}
+        for _, p, _ in items:
+            seen[p.sop_uid] = seen.get(p.sop_uid, 0) + 1
+        todo = [(instance_key(p.study_uid, p.series_uid, p.sop_uid), data) for _, p, data in items
+                if seen[p.sop_uid] == 1 and p.sop_uid not in stored]
+        if len(todo) < 2:
+            return set()
+        created.extend(key for key, _ in todo)
+        futures = [_BLOB_POOL.submit(self.blobs.put, key, data, sync_dir=False) for key, data in todo]
+        failed = [f for f in futures if f.exception() is not None]
+        if failed:
+            raise _RetryIsolated from failed[0].exception()
+        return {key for key, _ in todo}
+
     def _index(self, conn: Connection, p: Parsed, key: str, size: int, old_pk: int | None, *,
                known: dict[tuple[str, str], tuple[int, dict[str, Any]]] | None = None,
                staged: dict[tuple[str, str], tuple[int, dict[str, Any]]] | None = None) -> tuple[int, int]:
@@ -239,9 +284,17 @@ class Archive:
                "stored": now, "metadata": p.metadata}
         if old_pk is None:
             inserted = conn.execute(_INSERT_INSTANCE, {"sop_uid": p.sop_uid, **row})
-            return int(inserted.inserted_primary_key[0]), study_pk  # type: ignore[index]
-        conn.execute(update(dicom_instances).where(dicom_instances.c.pk == old_pk).values(**row))
-        return old_pk, study_pk
+            pk = int(inserted.inserted_primary_key[0])  # type: ignore[index]
+        else:
+            pk = old_pk
+            conn.execute(update(dicom_instances).where(dicom_instances.c.pk == pk).values(**row))
+            if self.config.extra_tags:
+                conn.execute(delete(dicom_extra_index).where(dicom_extra_index.c.instance_pk == pk))
+        if p.extra:
+            conn.execute(insert(dicom_extra_index), [
+                {"instance_pk": pk, "series_pk": series_pk, "study_pk": study_pk, "tag": tag, "value": value}
+                for tag, value in p.extra])
+        return pk, study_pk
 
     # -- read ------------------------------------------------------------------------------
 
@@ -315,6 +368,32 @@ class Archive:
         with self.db.write() as conn:
             conn.execute(update(dicom_studies).where(dicom_studies.c.study_uid == study).values(fhir_id=fhir_id))
 
+    def reindex_extra(self, batch: int = 500) -> int:
+        """Rebuild ``dicom_extra_index`` for every stored instance from its DICOM JSON (after
+        ``dicom_extra_tags`` changed); one short transaction per batch, so stores go on meanwhile.
+        Returns the number of instances indexed."""
+        from medcloud.imaging.extra_tags import from_json
+
+        i, x = dicom_instances, dicom_extra_index
+        done, after = 0, -1
+        while True:
+            with self.db.write() as conn:
+                rows = conn.execute(select(i.c.pk, i.c.series_pk, i.c.study_pk, i.c.metadata)
+                                    .where(i.c.pk > after).order_by(i.c.pk).limit(batch)).all()
+                if not rows:
+                    if after < 0:  # nothing stored: still drop rows of tags no longer configured
+                        conn.execute(delete(x))
+                    return done
+                pks = [r.pk for r in rows]
+                conn.execute(delete(x).where(x.c.instance_pk.in_(pks)))
+                values = [{"instance_pk": r.pk, "series_pk": r.series_pk, "study_pk": r.study_pk, "tag": tag,
+                           "value": value}
+                          for r in rows for tag, value in from_json(orjson.loads(r.metadata), self.config.extra_tags)]
+                if values:
+                    conn.execute(insert(x), values)
+            done += len(rows)
+            after = pks[-1]
+
     # -- delete ----------------------------------------------------------------------------
 
     def delete(self, study: str, series: str | None = None, sop: str | None = None) -> int:
@@ -337,6 +416,7 @@ class Archive:
                 raise NotFound(_what(study, series, sop) + " is not stored")
             pks = [r.pk for r in rows]
             for chunk in range(0, len(pks), 500):
+                conn.execute(delete(dicom_extra_index).where(dicom_extra_index.c.instance_pk.in_(pks[chunk:chunk + 500])))
                 conn.execute(delete(i).where(i.c.pk.in_(pks[chunk:chunk + 500])))
             _recount(conn, {r.study_pk for r in rows}, self.clock())
         for r in rows:
@@ -392,6 +472,8 @@ class _RetryIsolated(Exception):
 
 
 _INSERT_INSTANCE = insert(dicom_instances)
+# Blob writes of one batch run side by side (fsync and object-store round trips release the GIL).
+_BLOB_POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="imaging-blob")
 
 
 def _failed(err: MedcloudError, p: Parsed | None) -> StoreResult:

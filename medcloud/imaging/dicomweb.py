@@ -7,6 +7,7 @@ are reported in the response dataset (FailedSOPSequence / FailureReason), not as
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 from collections.abc import Awaitable, Callable, Iterator
@@ -17,7 +18,7 @@ import orjson
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Match, Route
 
 from medcloud.config import Settings
 from medcloud.errors import (
@@ -25,24 +26,29 @@ from medcloud.errors import (
     MedcloudError,
     NotAcceptable,
     NotFound,
+    NotSupported,
     TooLarge,
     Unauthorized,
     UnsupportedMedia,
 )
 from medcloud.fhir.context import FhirContext
 from medcloud.fhir.exchange import STATUS_BY_CATEGORY, Principal
-from medcloud.imaging import qido, render
+from medcloud.imaging import native_model, qido, render
 from medcloud.imaging._multipart import media_type, new_boundary, parse_related, write_related
 from medcloud.imaging.access import ImagingAccess
 from medcloud.imaging.archive import Archive, ArchiveConfig, InstanceRef, StoreResult
 from medcloud.imaging.blobs import open_blob_store, valid_uid
 from medcloud.imaging.fhir_link import ImagingStudyLink
+from medcloud.imaging.group_commit import GroupCommit
 from medcloud.security.http import EdgeAuth, unauthorized_response
 from medcloud.storage.sql.database import Database
 
 log = logging.getLogger("medcloud.dicomweb")
 
 DICOM_JSON = "application/dicom+json"
+DICOM_XML = "application/dicom+xml"
+RENDERED_TYPES = ("image/jpeg", "image/png", "image/gif")  # PS3.18 §8.7.4: default + required
+THUMBNAIL_VIEWPORT = (128, 128)
 MAX_REQUEST_BYTES = 2 * 1024 * 1024 * 1024  # a STOW-RS body (the archive limits each instance too)
 SUPPORTED_TS = "*"
 
@@ -55,7 +61,7 @@ def build_archive(settings: Settings, db: Database, fhir_ctx: FhirContext | None
     # The index tables come from migration 0002 (run by build_services / ``medcloud db upgrade``).
     # Sealed when the FHIR context has encryption at rest on (security/at_rest.py).
     blobs = open_blob_store(settings, fhir_ctx.at_rest if fhir_ctx is not None else None)
-    archive = Archive(db, blobs, config or ArchiveConfig())
+    archive = Archive(db, blobs, config or ArchiveConfig.from_settings(settings))
     if fhir_ctx is not None:
         archive.clock = fhir_ctx.clock
         archive.on_change.append(ImagingStudyLink(archive, fhir_ctx))
@@ -70,6 +76,7 @@ def routes(services_or_archive: Any, prefix: str = "/dicomweb") -> list[Route]:
     """
     auth = None
     access = None
+    public = None
     if isinstance(services_or_archive, Archive):
         archive = services_or_archive
     else:
@@ -77,39 +84,75 @@ def routes(services_or_archive: Any, prefix: str = "/dicomweb") -> list[Route]:
         archive = getattr(svc, "imaging", None) or build_archive(svc.settings, svc.db, svc.fhir)
         auth = EdgeAuth.of(svc.fhir)
         access = ImagingAccess(svc.fhir)
-    web = _DicomWeb(archive, prefix, auth, access)
+        public = svc.settings.public_url.rstrip("/") or None
+    web = _DicomWeb(archive, prefix, auth, access, public)
     p = prefix
     s, se, i = "{study}", "{series}", "{instance}"
     get, post, delete = ["GET", "HEAD"], ["POST"], ["DELETE"]
-    return [
+    known = [
         Route(f"{p}/studies", web.wrap(web.qido_studies_or_stow), methods=get + post),
         Route(f"{p}/series", web.wrap(web.qido_series), methods=get),
         Route(f"{p}/instances", web.wrap(web.qido_instances), methods=get),
         Route(f"{p}/studies/{s}", web.wrap(web.study), methods=get + post + delete),
         Route(f"{p}/studies/{s}/metadata", web.wrap(web.metadata), methods=get),
+        Route(f"{p}/studies/{s}/rendered", web.wrap(web.rendered_many), methods=get),
+        Route(f"{p}/studies/{s}/thumbnail", web.wrap(web.thumbnail_of), methods=get),
         Route(f"{p}/studies/{s}/series", web.wrap(web.qido_series), methods=get),
         Route(f"{p}/studies/{s}/instances", web.wrap(web.qido_instances), methods=get),
         Route(f"{p}/studies/{s}/series/{se}", web.wrap(web.series), methods=get + delete),
         Route(f"{p}/studies/{s}/series/{se}/metadata", web.wrap(web.metadata), methods=get),
+        Route(f"{p}/studies/{s}/series/{se}/rendered", web.wrap(web.rendered_many), methods=get),
+        Route(f"{p}/studies/{s}/series/{se}/thumbnail", web.wrap(web.thumbnail_of), methods=get),
         Route(f"{p}/studies/{s}/series/{se}/instances", web.wrap(web.qido_instances), methods=get),
         Route(f"{p}/studies/{s}/series/{se}/instances/{i}", web.wrap(web.instance), methods=get + delete),
         Route(f"{p}/studies/{s}/series/{se}/instances/{i}/metadata", web.wrap(web.metadata), methods=get),
         Route(f"{p}/studies/{s}/series/{se}/instances/{i}/frames/{{frames}}", web.wrap(web.frames), methods=get),
         Route(f"{p}/studies/{s}/series/{se}/instances/{i}/frames/{{frames}}/rendered", web.wrap(web.rendered),
               methods=get),
+        Route(f"{p}/studies/{s}/series/{se}/instances/{i}/frames/{{frames}}/thumbnail", web.wrap(web.thumbnail),
+              methods=get),
         Route(f"{p}/studies/{s}/series/{se}/instances/{i}/rendered", web.wrap(web.rendered), methods=get),
         Route(f"{p}/studies/{s}/series/{se}/instances/{i}/thumbnail", web.wrap(web.thumbnail), methods=get),
         Route(f"{p}/studies/{s}/series/{se}/instances/{i}/bulkdata/{{tag}}", web.wrap(web.bulkdata), methods=get),
     ]
+    # Starlette gives a function endpoint GET/HEAD only unless told: the catch-all takes every method.
+    every = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+    unknown = web.authenticated(_unknown(known))  # anonymous callers learn nothing, not even "no such path"
+    return [*known, Route(f"{p}/{{path:path}}", unknown, methods=every), Route(p, unknown, methods=every)]
+
+
+def _unknown(known: list[Route]) -> Handler:
+    """Any other path under the prefix: the JSON error body of every DICOMweb error, never plain text.
+
+    A path that a route serves with other methods is 405 with ``Allow`` (Starlette's own answer to
+    that is plain text too, and this catch-all would otherwise turn it into a 404).
+    """
+    async def endpoint(request: Request) -> Response:
+        allowed: set[str] = set()
+        for route in known:
+            match, _ = route.matches(request.scope)
+            if match is not Match.NONE and route.methods:
+                allowed |= route.methods
+        if allowed:
+            resp = _json_error(405, "not-supported",
+                               f"{request.method} is not allowed here; allowed: {', '.join(sorted(allowed))}")
+            resp.headers["Allow"] = ", ".join(sorted(allowed))
+            return resp
+        return _json_error(404, "not-found", f"no DICOMweb resource at {request.url.path}")
+
+    return endpoint
 
 
 class _DicomWeb:
     def __init__(self, archive: Archive, prefix: str, auth: EdgeAuth | None = None,
-                 access: ImagingAccess | None = None):
+                 access: ImagingAccess | None = None, public: str | None = None):
         self.archive = archive
         self.prefix = prefix
         self.auth = auth
         self.access = access
+        self.public = public  # settings.public_url: the base clients reach us at (behind a proxy)
+        # Concurrent STOW-RS requests share write transactions and ImagingStudy updates (group_commit.py).
+        self.writer = GroupCommit.for_archive(archive)
 
     def wrap(self, fn: Handler) -> Handler:
         async def endpoint(request: Request) -> Response:
@@ -135,6 +178,18 @@ class _DicomWeb:
 
         return endpoint
 
+    def authenticated(self, fn: Handler) -> Handler:
+        """Only the credentials check of ``wrap`` (for answers that carry no data, e.g. 404/405)."""
+        async def endpoint(request: Request) -> Response:
+            try:
+                if self.auth is not None:
+                    await self.auth.principal(request)
+                return await fn(request)
+            except Unauthorized as e:
+                return unauthorized_response(e)
+
+        return endpoint
+
     def _authorize(self, request: Request, principal: Principal) -> Any:
         """Scopes on ImagingStudy decide (imaging/access.py); returns QIDO's study condition, if any."""
         assert self.access is not None
@@ -150,6 +205,9 @@ class _DicomWeb:
         return self.access.study_condition(principal)
 
     def base(self, request: Request) -> str:
+        """The DICOMweb root URL for links in responses: ``public_url`` if set, else the request's origin."""
+        if self.public:
+            return f"{self.public}{self.prefix}"
         return f"{request.url.scheme}://{request.url.netloc}{self.prefix}"
 
     # -- STOW-RS (PS3.18 §10.5) --------------------------------------------------------------
@@ -195,7 +253,7 @@ class _DicomWeb:
         return self._stow_response(request, results, study)
 
     def _store(self, datas: list[bytes], study: str | None) -> list[StoreResult]:
-        return self.archive.store_many(datas, study_uid=study) if datas else []
+        return self.writer.store_many(datas, study_uid=study) if datas else []
 
     def _stow_response(self, request: Request, results: list[StoreResult], study: str | None) -> Response:
         base = self.base(request)
@@ -242,18 +300,26 @@ class _DicomWeb:
         return await self.qido(request, "instance")
 
     async def qido(self, request: Request, level: qido.Level) -> Response:
-        _accept(request, (DICOM_JSON, "application/json"))
+        xml = _qido_media(request) == DICOM_XML
+        base = self.base(request)
         params = parse_qsl(request.url.query, keep_blank_values=True)
         q = qido.parse_query(level, params, study_uid=request.path_params.get("study"),
-                             series_uid=request.path_params.get("series"))
+                             series_uid=request.path_params.get("series"), extra_tags=self.archive.config.extra_tags)
         results, truncated = await run_in_threadpool(
-            lambda: qido.search(self.archive.db, q, studies=getattr(request.state, "studies", None)))
+            lambda: qido.search(self.archive.db, q, studies=getattr(request.state, "studies", None), base=base))
         headers = {}
         notes = list(q.warnings)
         if truncated:
             notes.append("the result was truncated; use limit and offset to page")
         if notes:
             headers["Warning"] = ", ".join(f'299 medcloud "{n}"' for n in notes)
+        if xml:
+            # One NativeDicomModel document per result (PS3.18 §10.6.3.3); no result: an empty body.
+            boundary = new_boundary()
+            headers["Content-Type"] = f'multipart/related; type="{DICOM_XML}"; boundary={boundary}'
+            body = b"" if not results or request.method == "HEAD" else \
+                b"".join(write_related(native_model.multipart_parts(results), boundary))
+            return Response(body, status_code=200, headers=headers)
         if request.method == "HEAD":
             return Response(status_code=200, headers=headers, media_type=DICOM_JSON)
         return Response(orjson.dumps(results), status_code=200, headers=headers, media_type=DICOM_JSON)
@@ -286,8 +352,11 @@ class _DicomWeb:
         def part(r: InstanceRef) -> tuple[dict[str, str], Iterator[bytes]]:
             if convert and wanted_ts and r.transfer_syntax_uid != wanted_ts:
                 # Decoded per instance while streaming: one instance in memory at a time.
-                return ({"Content-Type": f"application/dicom; transfer-syntax={wanted_ts}"},
-                        iter([render.transcode(blobs.read(r.blob_key), wanted_ts)]))
+                try:
+                    encoded = render.transcode(blobs.read(r.blob_key), wanted_ts)
+                except NotSupported as e:  # e.g. OpenJPEG refuses images smaller than its resolution levels
+                    raise NotAcceptable(f"instance {r.sop_uid}: {e.message} (ask with transfer-syntax=*)") from e
+                return ({"Content-Type": f"application/dicom; transfer-syntax={wanted_ts}"}, iter([encoded]))
             return ({"Content-Type": f"application/dicom; transfer-syntax={r.transfer_syntax_uid}",
                      "Content-Length": str(r.size)}, blobs.iter_chunks(r.blob_key))
 
@@ -341,7 +410,78 @@ class _DicomWeb:
         return await self._render(request, None)
 
     async def thumbnail(self, request: Request) -> Response:
-        return await self._render(request, (128, 128))
+        return await self._render(request, THUMBNAIL_VIEWPORT)
+
+    async def rendered_many(self, request: Request) -> Response:
+        """Rendered study / series (PS3.18 §10.4.1.1.3): every frame of every image, one part each.
+
+        These are multi-item resources, so only ``multipart/related; type="image/..."`` is
+        acceptable; a single-part type alone is 406 (§10.4.4: "the origin server is expected to
+        ignore single part Media Types for other resources"). ``.../thumbnail`` gives one image.
+        Instances without pixel data (SR, KOS...) have no rendered form and are left out.
+        """
+        p = request.path_params
+        media = _rendered_multipart_media(request)
+        window, viewport, quality = _render_params(request, None)
+        refs = await run_in_threadpool(self.archive.instances, p["study"], p.get("series"))
+        blobs, base = self.archive.blobs, self.base(request)
+
+        def images(r: InstanceRef) -> list[tuple[dict[str, str], list[bytes]]]:
+            try:
+                frames = list(render.render_frames(blobs.read(r.blob_key), window=window, viewport=viewport,
+                                                   media_type=media, quality=quality))
+            except (NotFound, NotSupported):
+                return []  # no pixel data / no decoder: nothing to show for this instance
+            url = f"{base}/studies/{r.study_uid}/series/{r.series_uid}/instances/{r.sop_uid}"
+            return [({"Content-Type": media, "Content-Length": str(len(img)),
+                      "Content-Location": f"{url}/frames/{n}/rendered" if len(frames) > 1 else f"{url}/rendered"},
+                     [img]) for n, img in frames]
+
+        # Render up to the first renderable instance before the 200 is sent: nothing renderable is a 404.
+        head: list[tuple[dict[str, str], list[bytes]]] = []
+        rest = iter(refs)
+        for r in rest:
+            head = await run_in_threadpool(images, r)
+            if head:
+                break
+        if not head:
+            raise NotFound("nothing in this " + ("series" if "series" in p else "study") + " has renderable pixel data")
+        boundary = new_boundary()
+
+        def body() -> Iterator[bytes]:
+            yield from write_related(itertools.chain(head, itertools.chain.from_iterable(map(images, rest))),
+                                     boundary)
+
+        return StreamingResponse(body(), media_type=None, headers={
+            "Content-Type": f'multipart/related; type="{media}"; boundary={boundary}'})
+
+    async def thumbnail_of(self, request: Request) -> Response:
+        """Study / series thumbnail (PS3.18 §10.4.1.1.4): one image, the origin server's choice.
+
+        medcloud shows the middle instance (by series and instance order) of the first series with
+        renderable pixels, middle frame, fitted into 128x128 unless ``viewport`` says otherwise. Only
+        pixels are rendered, no text, so no patient-identifying annotation is added (§10.4.3.3.4).
+        """
+        p = request.path_params
+        media = _accept(request, RENDERED_TYPES, default="image/jpeg")
+        window, viewport, quality = _render_params(request, THUMBNAIL_VIEWPORT)
+        refs = await run_in_threadpool(self.archive.instances, p["study"], p.get("series"))
+        by_series: dict[str, list[InstanceRef]] = {}
+        for r in refs:
+            by_series.setdefault(r.series_uid, []).append(r)
+        for members in by_series.values():
+            ref = members[len(members) // 2]
+            frames = ref.number_of_frames or 1
+            frame = frames // 2 + 1 if frames > 1 else 1
+            data = await run_in_threadpool(self.archive.blobs.read, ref.blob_key)
+            try:
+                img = await run_in_threadpool(functools.partial(
+                    render.render, data, frame=frame, window=window, viewport=viewport, media_type=media,
+                    quality=quality))
+            except (NotFound, NotSupported):
+                continue  # a series without renderable pixels (SR, KOS...): try the next one
+            return Response(img, media_type=media)
+        raise NotFound("nothing in this " + ("series" if "series" in p else "study") + " has renderable pixel data")
 
     async def _render(self, request: Request, default_viewport: tuple[int, int] | None) -> Response:
         p = request.path_params
@@ -351,15 +491,12 @@ class _DicomWeb:
             if len(numbers) != 1:
                 raise Invalid("rendered frames take exactly one frame number")
             frame = numbers[0]
-        media = _accept(request, ("image/jpeg", "image/png"), default="image/jpeg")
-        q = dict(parse_qsl(request.url.query))
-        window = render.parse_window(q.get("window"))
-        viewport = render.parse_viewport(q.get("viewport")) or default_viewport
-        quality = int(q.get("quality", "90")) if q.get("quality", "90").isdigit() else 90
+        media = _accept(request, RENDERED_TYPES, default="image/jpeg")
+        window, viewport, quality = _render_params(request, default_viewport)
         ref = await self._one(p)
         data = await run_in_threadpool(self.archive.blobs.read, ref.blob_key)
         img = await run_in_threadpool(lambda: render.render(data, frame=frame, window=window, viewport=viewport,
-                                                            media_type=media, quality=min(max(quality, 1), 100)))
+                                                            media_type=media, quality=quality))
         return Response(img, media_type=media)
 
     async def _one(self, p: Any) -> InstanceRef:
@@ -378,9 +515,55 @@ def _el(vr: str, value: Any) -> dict[str, Any]:
 
 
 def _error(err: MedcloudError) -> Response:
-    code = STATUS_BY_CATEGORY.get(err.category, 500)
-    return Response(orjson.dumps({"status": code, "category": err.category, "message": err.message}),
+    return _json_error(STATUS_BY_CATEGORY.get(err.category, 500), err.category, err.message)
+
+
+def _json_error(code: int, category: str, message: str) -> Response:
+    return Response(orjson.dumps({"status": code, "category": category, "message": message}),
                     status_code=code, media_type="application/json")
+
+
+def _render_params(request: Request, default_viewport: tuple[int, int] | None
+                   ) -> tuple[render.Window | None, tuple[int, int] | None, int]:
+    """``window``, ``viewport`` and ``quality`` (PS3.18 §8.3.5.1); quality clamped to 1..100."""
+    q = dict(parse_qsl(request.url.query))
+    window = render.parse_window(q.get("window"))
+    viewport = render.parse_viewport(q.get("viewport")) or default_viewport
+    quality = int(q.get("quality", "90")) if q.get("quality", "90").isdigit() else 90
+    return window, viewport, min(max(quality, 1), 100)
+
+
+def _qido_media(request: Request) -> str:
+    """QIDO-RS response type (PS3.18 §10.6.4): DICOM JSON (default) or multipart DICOM XML; else 406."""
+    accepts = _accepts(request)
+    if not accepts:
+        return DICOM_JSON
+    for mt, params in accepts:
+        if mt in (DICOM_JSON, "application/json", "*/*", "application/*"):
+            return DICOM_JSON
+        if mt in ("multipart/related", "multipart/*") and params.get("type", DICOM_XML).lower() == DICOM_XML:
+            return DICOM_XML
+    raise NotAcceptable(f"cannot produce {request.headers.get('accept')!r}; QIDO-RS answers {DICOM_JSON} "
+                        f'or multipart/related; type="{DICOM_XML}"')
+
+
+def _rendered_multipart_media(request: Request) -> str:
+    """The image type inside a multipart rendered study/series; single-part types alone are 406."""
+    accepts = _accepts(request)
+    if not accepts:
+        return "image/jpeg"
+    for mt, params in accepts:
+        if mt in ("*/*", "multipart/*"):
+            return "image/jpeg"
+        if mt == "multipart/related":
+            t = params.get("type", "image/jpeg").lower()
+            if t in RENDERED_TYPES:
+                return t
+            if t in ("*/*", "image/*"):
+                return "image/jpeg"
+    raise NotAcceptable(f"cannot produce {request.headers.get('accept')!r}: a rendered study or series is "
+                        'multipart/related; type="image/jpeg" (or "image/png", "image/gif"), one part per frame; '
+                        "ask .../thumbnail for a single image")
 
 
 async def _read_body(request: Request, limit: int) -> bytes:

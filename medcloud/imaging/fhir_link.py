@@ -36,29 +36,77 @@ class ImagingStudyLink:
         self.fhir = fhir
 
     def __call__(self, studies: set[str]) -> None:
+        """Bring the ImagingStudy of each study in line with the archive.
+
+        A group-committed batch (imaging/group_commit.py) hands over many studies at once: each
+        Patient is resolved once per call (several studies of one patient are common), and all the
+        ImagingStudy PUTs go in one FHIR ``transaction`` Bundle (one database transaction, not one
+        per study). If that Bundle is refused, each study is written alone so one bad study cannot
+        keep the others stale.
+        """
+        patients: dict[str, str] = {}
+        puts: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
         for uid in sorted(studies):
             try:
-                self.sync(uid)
+                prepared = self._prepare(uid, patients)
+            except Exception:  # noqa: BLE001 - one study's link must not stop the others
+                log.exception("could not update ImagingStudy/%s", uid)
+                continue
+            if prepared is not None:
+                puts.append((uid, *prepared))
+        if len(puts) > 1 and self._put_all(puts):
+            return
+        for uid, resource, summary in puts:
+            try:
+                self._put(uid, resource, summary)
             except Exception:  # noqa: BLE001 - one study's link must not stop the others
                 log.exception("could not update ImagingStudy/%s", uid)
 
-    def sync(self, study_uid: str) -> str | None:
-        """Create, update or delete ``ImagingStudy/<StudyInstanceUID>``; returns its id or None if deleted."""
+    def sync(self, study_uid: str, patients: dict[str, str] | None = None) -> str | None:
+        """Create, update or delete ``ImagingStudy/<StudyInstanceUID>``; returns its id or None if deleted.
+
+        ``patients`` (PatientID -> Patient id) memoises Patients already resolved by the caller."""
+        prepared = self._prepare(study_uid, patients if patients is not None else {})
+        if prepared is None:
+            return None
+        self._put(study_uid, *prepared)
+        return study_uid
+
+    def _prepare(self, study_uid: str, patients: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """The ImagingStudy to PUT and the study summary; a study gone from the archive is DELETEd (None)."""
         summary = self.archive.study_summary(study_uid)
         if summary is None:
             resp = self._call(FhirRequest("DELETE", f"ImagingStudy/{study_uid}"))
             if resp.status >= 400 and resp.status != 404:
                 raise MedcloudError(f"DELETE ImagingStudy/{study_uid} answered {resp.status}")
             return None
-        patient_id = self._patient(summary)
-        resource = imaging_study(summary, patient_id)
+        pid = summary.get("patient_id") or ""
+        if pid not in patients:
+            patients[pid] = self._patient(summary)
+        return imaging_study(summary, patients[pid]), summary
+
+    def _put(self, study_uid: str, resource: dict[str, Any], summary: dict[str, Any]) -> None:
         resp = self._call(FhirRequest("PUT", f"ImagingStudy/{study_uid}", body=resource,
                                       content_type="application/fhir+json"))
         if resp.status >= 300:
             raise MedcloudError(f"PUT ImagingStudy/{study_uid} answered {resp.status}: {resp.resource}")
         if summary.get("fhir_id") != study_uid:
             self.archive.set_study_link(study_uid, study_uid)
-        return study_uid
+
+    def _put_all(self, puts: list[tuple[str, dict[str, Any], dict[str, Any]]]) -> bool:
+        """PUT every ImagingStudy in one transaction Bundle; False (nothing written) if it was refused."""
+        body = {"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"resource": resource, "request": {"method": "PUT", "url": f"ImagingStudy/{uid}"}}
+            for uid, resource, _ in puts]}
+        resp = self._call(FhirRequest("POST", "", body=body, content_type="application/fhir+json"))
+        if resp.status >= 300:
+            log.warning("ImagingStudy transaction of %d studies answered %d; writing them one by one",
+                        len(puts), resp.status)
+            return False
+        for uid, _, summary in puts:
+            if summary.get("fhir_id") != uid:
+                self.archive.set_study_link(uid, uid)
+        return True
 
     def _patient(self, summary: dict[str, Any]) -> str:
         linked = summary.get("patient_fhir_id")

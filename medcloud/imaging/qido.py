@@ -10,7 +10,7 @@ and sequence matching are ignored with a warning (PS3.18 §8.3.4.3: a Warning he
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -20,7 +20,13 @@ from sqlalchemy import ColumnElement, Select, and_, exists, false, func, or_, se
 
 from medcloud.errors import Invalid
 from medcloud.imaging._parse import da, tm
-from medcloud.storage.imaging_schema import dicom_instances, dicom_patients, dicom_series, dicom_studies
+from medcloud.storage.imaging_schema import (
+    dicom_extra_index,
+    dicom_instances,
+    dicom_patients,
+    dicom_series,
+    dicom_studies,
+)
 from medcloud.storage.sql.database import Database
 
 Level = Literal["study", "series", "instance"]
@@ -106,7 +112,7 @@ class QidoQuery:
 
 
 def parse_query(level: Level, params: Sequence[tuple[str, str]], *, study_uid: str | None = None,
-                series_uid: str | None = None) -> QidoQuery:
+                series_uid: str | None = None, extra_tags: Collection[str] = ()) -> QidoQuery:
     """Turn QIDO-RS query parameters into a ``QidoQuery``; raises Invalid on malformed values."""
     filters: list[tuple[str, str]] = []
     include: set[str] = set()
@@ -135,6 +141,12 @@ def parse_query(level: Level, params: Sequence[tuple[str, str]], *, study_uid: s
                 notes.append(f"sequence matching on {key} is not supported; the attribute was ignored")
                 continue
             kw = _keyword_of(key)
+            extra = _extra_tag(key, extra_tags) if kw not in ATTRS else None
+            if extra is not None:  # a configured extra matching key (imaging/extra_tags.py)
+                include.add(extra)
+                if value != "":
+                    filters.append((extra, value))
+                continue
             if kw not in ATTRS:
                 notes.append(f"{kw} is not a supported matching key; the attribute was ignored")
                 continue
@@ -149,12 +161,14 @@ def parse_query(level: Level, params: Sequence[tuple[str, str]], *, study_uid: s
                      limit, offset, tuple(notes))
 
 
-def search(db: Database, q: QidoQuery, *, max_results: int = 1000,
-           studies: ColumnElement[bool] | None = None) -> tuple[list[dict[str, Any]], bool]:
+def search(db: Database, q: QidoQuery, *, max_results: int = 1000, studies: ColumnElement[bool] | None = None,
+           base: str | None = None) -> tuple[list[dict[str, Any]], bool]:
     """Run a query; returns DICOM JSON objects and whether results were cut at ``max_results``.
 
     ``studies`` is a condition on ``dicom_studies`` rows confining the search (what the asking
     principal may see, imaging/access.py); applied in SQL, so ``limit``/``offset`` page over it.
+    ``base`` (the DICOMweb root URL) adds each result's Retrieve URL (0008,1190), which PS3.18
+    Tables 10.6.3-3/-4/-5 require in QIDO-RS responses; DIMSE C-FIND passes none.
     """
     limit = min(q.limit, max_results) if q.limit is not None else max_results
     stmt = _statement(q)
@@ -166,7 +180,7 @@ def search(db: Database, q: QidoQuery, *, max_results: int = 1000,
         truncated = len(rows) > limit and (q.limit is None or q.limit > max_results)
         rows = rows[:limit]
         fields = _fields(q)
-        out = [_row_json(r, fields) for r in rows]
+        out = [_row_json(r, fields, retrieve_url(base, q.level, r) if base else None) for r in rows]
         extra = set(q.include) - {ATTRS[f].tag for f in fields}
         if rows and (extra or q.include_all):
             _add_from_metadata(conn, q, rows, out, extra)
@@ -205,8 +219,33 @@ def _statement(q: QidoQuery) -> Select[Any]:
     if q.series_uid is not None:
         where.append(SE.c.series_uid == q.series_uid)
     for kw, value in q.filters:
-        where.append(_match(ATTRS[kw], value, q.fuzzy))
+        where.append(_match(ATTRS[kw], value, q.fuzzy) if kw in ATTRS else _extra_match(kw, value, q.level, q.fuzzy))
     return select(*cols, key.label("_pk")).select_from(src).where(and_(true(), *where)).order_by(key)
+
+
+def _extra_tag(key: str, configured: Collection[str]) -> str | None:
+    """The configured extra tag ``key`` names (keyword or hex), or None."""
+    if not configured:
+        return None
+    from medcloud.imaging.extra_tags import normalise_tag
+
+    try:
+        tag = normalise_tag(key)
+    except ValueError:
+        return None
+    return tag if tag in configured else None
+
+
+def _extra_match(tag: str, value: str, level: Level, fuzzy: bool) -> ColumnElement[bool]:
+    """An extra key matches a study/series/instance when any of its instances has a matching value."""
+    from medcloud.imaging.extra_tags import keyword, vr
+
+    x = dicom_extra_index
+    kind = vr(tag)
+    attr = Attr(keyword(tag), tag, kind if kind in ("UI", "DA", "TM", "PN") else "LO", "instance", x.c.value)
+    owner = {"study": x.c.study_pk == ST.c.pk, "series": x.c.series_pk == SE.c.pk,
+             "instance": x.c.instance_pk == IN.c.pk}[level]
+    return exists(select(x.c.instance_pk).where(owner, x.c.tag == tag, _match(attr, value, fuzzy)))
 
 
 def _match(a: Attr, value: str, fuzzy: bool) -> ColumnElement[bool]:
@@ -255,38 +294,63 @@ def _like(value: str) -> str:
     return "".join(out)
 
 
+_FORMAT = {"DA": "a date YYYYMMDD that exists in the calendar",
+           "TM": "a time HH[MM[SS[.F{1,6}]]] with HH < 24, MM < 60, SS < 61"}
+
+
+def _invalid(a: Attr, value: str) -> Invalid:
+    return Invalid(f"{a.keyword}: {value!r} is not a valid {a.vr} value (expected {_FORMAT[a.vr]}, "
+                   "or a range a-b, -b, a-)")
+
+
 def _range(a: Attr, value: str) -> ColumnElement[bool]:
+    """DA/TM single value or range matching (PS3.4 C.2.2.2.5); malformed or reversed values are Invalid."""
     norm = da if a.vr == "DA" else tm
     if "-" not in value:
         v = norm(value)
         if v is None:
-            raise Invalid(f"{a.keyword}: {value!r} is not a valid {a.vr}")
+            raise _invalid(a, value)
         if a.vr == "TM":  # a partial time matches the whole span it names: 10 -> 10:00:00..10:59:59.999999
             return and_(a.column >= v, a.column <= (tm(value, upper=True) or v))
         return a.column == v
     lo_s, _, hi_s = value.partition("-")
     conds = []
+    lo = hi = None
     if lo_s:
         lo = norm(lo_s)
         if lo is None:
-            raise Invalid(f"{a.keyword}: {lo_s!r} is not a valid {a.vr}")
+            raise _invalid(a, lo_s)
         conds.append(a.column >= lo)
     if hi_s:
         hi = norm(hi_s) if a.vr == "DA" else tm(hi_s, upper=True)
         if hi is None:
-            raise Invalid(f"{a.keyword}: {hi_s!r} is not a valid {a.vr}")
+            raise _invalid(a, hi_s)
         conds.append(a.column <= hi)
     if not conds:
-        raise Invalid(f"{a.keyword}: {value!r} is not a valid range")
+        raise _invalid(a, value)
+    if lo is not None and hi is not None and lo > hi:
+        raise Invalid(f"{a.keyword}: the range {value!r} ends before it starts")
     return and_(*conds)
 
 
-def _row_json(row: Any, fields: list[str]) -> dict[str, Any]:
+def retrieve_url(base: str, level: Level, row: Any) -> str:
+    """The WADO-RS URL of a result: its study, series or instance resource under ``base``."""
+    url = f"{base}/studies/{row['StudyInstanceUID']}"
+    if level != "study":
+        url += f"/series/{row['SeriesInstanceUID']}"
+    if level == "instance":
+        url += f"/instances/{row['SOPInstanceUID']}"
+    return url
+
+
+def _row_json(row: Any, fields: list[str], url: str | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for kw in fields:
         a = ATTRS[kw]
         out[a.tag] = element(a.vr, row[kw], multi=kw == "ModalitiesInStudy")
     out["00080005"] = {"vr": "CS", "Value": ["ISO_IR 192"]}
+    if url is not None:
+        out["00081190"] = {"vr": "UR", "Value": [url]}
     return dict(sorted(out.items()))
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,16 +112,37 @@ def parse_viewport(value: str | None) -> tuple[int, int] | None:
 def render(data: bytes, *, frame: int = 1, window: Window | None = None,
            viewport: tuple[int, int] | None = None, media_type: str = "image/jpeg", quality: int = 90) -> bytes:
     """One frame as JPEG or PNG: modality LUT, then the ``window`` or the instance's own VOI LUT/window."""
-    import numpy as np
-    from PIL import Image
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
-
     ds = _read(data)
+    _check_frame(ds, frame)
+    return _render(ds, frame, window, viewport, media_type, quality)
+
+
+def render_frames(data: bytes, *, window: Window | None = None, viewport: tuple[int, int] | None = None,
+                  media_type: str = "image/jpeg", quality: int = 90) -> Iterator[tuple[int, bytes]]:
+    """Every frame of one instance, rendered (study/series ``rendered``): (frame number, image) pairs.
+
+    The instance is parsed once. Raises NotFound (before the first image) when it has no Pixel Data.
+    """
+    ds = _read(data)
+    _check_frame(ds, 1)
+    for f in range(1, frame_count(ds) + 1):
+        yield f, _render(ds, f, window, viewport, media_type, quality)
+
+
+def _check_frame(ds: Dataset, frame: int) -> None:
     if PIXEL_DATA not in ds:
         raise NotFound("the instance has no Pixel Data")
     n = frame_count(ds)
     if frame < 1 or frame > n:
         raise NotFound(f"frame {frame} does not exist (the instance has {n})")
+
+
+def _render(ds: Dataset, frame: int, window: Window | None, viewport: tuple[int, int] | None, media_type: str,
+            quality: int) -> bytes:
+    import numpy as np
+    from PIL import Image
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
     arr = _decode(ds, frame - 1)
     spp = int(ds.get("SamplesPerPixel", 1) or 1)
     if spp == 1:
@@ -151,6 +172,8 @@ def render(data: bytes, *, frame: int = 1, window: Window | None = None,
     buf = io.BytesIO()
     if media_type == "image/png":
         img.save(buf, format="PNG")
+    elif media_type == "image/gif":  # required single-frame rendered type (PS3.18 Table 8.7.4-1)
+        img.save(buf, format="GIF")
     else:
         img.save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
@@ -173,14 +196,27 @@ def _window(pixels: Any, w: Window) -> Any:
     return out.clip(0, 255)
 
 
-TRANSCODE_TARGETS = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")  # Explicit / Implicit VR Little Endian
+UNCOMPRESSED_TARGETS = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")  # Explicit / Implicit VR Little Endian
+# Lossless encodings pydicom can write with the plugins we ship (pydicom's own RLE encoder,
+# pylibjpeg-openjpeg for JPEG 2000, pyjpegls for JPEG-LS) plus Deflate of the whole data set.
+# Lossy targets (JPEG baseline, lossy JPEG 2000) are not offered: a retrieve must not silently
+# degrade stored images.
+COMPRESSED_TARGETS = (
+    "1.2.840.10008.1.2.5",  # RLE Lossless
+    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Image Compression (Lossless Only)
+    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
+)
+TRANSCODE_TARGETS = UNCOMPRESSED_TARGETS + COMPRESSED_TARGETS
+_DEFLATED = "1.2.840.10008.1.2.1.99"
 
 
 def transcode(data: bytes, target: str) -> bytes:
-    """Re-encode one Part-10 instance in an uncompressed little-endian transfer syntax (WADO-RS retrieve).
+    """Re-encode one Part-10 instance in another transfer syntax (WADO-RS retrieve, DIMSE retrieve).
 
-    Compressed pixel data is decoded (pylibjpeg / RLE); YBR colour becomes RGB. Raises NotSupported
-    for another target or an undecodable source.
+    Compressed pixel data is decoded (pylibjpeg / RLE; YBR colour becomes RGB) and, for a
+    compressed target, encoded again losslessly. Raises NotSupported for a target outside
+    ``TRANSCODE_TARGETS`` or a source that cannot be decoded, Unprocessable for corrupt pixel data.
     """
     from pydicom.uid import UID
 
@@ -193,13 +229,25 @@ def transcode(data: bytes, target: str) -> bytes:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            # The same instance in another encoding keeps its SOP Instance UID (PS3.5 §8.2 allows a
+            # new one only for lossy changes; none of our targets is lossy).
             if source.is_compressed:
-                ds.decompress()  # sets Explicit VR Little Endian and adjusts PhotometricInterpretation
-            ds.file_meta.TransferSyntaxUID = UID(target)
+                # sets Explicit VR Little Endian and adjusts PhotometricInterpretation
+                ds.decompress(generate_instance_uid=False)
+            if target in COMPRESSED_TARGETS and target != _DEFLATED and "PixelData" in ds:
+                # lossless; sets the transfer syntax and encapsulates the frames
+                ds.compress(UID(target), generate_instance_uid=False)
+            else:
+                ds.file_meta.TransferSyntaxUID = UID(target)
             buf = io.BytesIO()
-            ds.save_as(buf, enforce_file_format=True, implicit_vr=target == "1.2.840.10008.1.2", little_endian=True)
+            if target in UNCOMPRESSED_TARGETS:
+                ds.save_as(buf, enforce_file_format=True, implicit_vr=target == "1.2.840.10008.1.2",
+                           little_endian=True)
+            else:
+                ds.file_meta.TransferSyntaxUID = UID(target)
+                ds.save_as(buf, enforce_file_format=True)
     except (NotImplementedError, RuntimeError) as e:
-        raise NotSupported(f"cannot decode transfer syntax {source}: {e}") from e
-    except Exception as e:  # noqa: BLE001 - corrupt pixel data
+        raise NotSupported(f"cannot transcode from {source} to {target}: {e}") from e
+    except Exception as e:  # noqa: BLE001 - corrupt pixel data, or pixels the encoder cannot take
         raise Unprocessable(f"cannot transcode the instance: {type(e).__name__}: {e}") from e
     return buf.getvalue()

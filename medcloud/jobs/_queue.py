@@ -192,6 +192,15 @@ class JobQueue:
         with self.db.write() as conn:
             conn.execute(delete(jobs).where(jobs.c.id == job_id))
 
+    def recent(self, kinds: Iterable[str], *, status: str | None = None, limit: int = 1000) -> list[Job]:
+        """Jobs of ``kinds`` (optionally of one status), newest first."""
+        stmt = select(jobs).where(jobs.c.kind.in_(list(kinds)))
+        if status is not None:
+            stmt = stmt.where(jobs.c.status == status)
+        with self.db.read() as conn:
+            rows = conn.execute(stmt.order_by(jobs.c.created.desc(), jobs.c.id).limit(limit)).all()
+        return [_job(r) for r in rows]
+
     def finished_before(self, kind: str, before_us: int, limit: int = 100) -> list[Job]:
         """Finished jobs last touched before ``before_us`` (for expiry of their outputs)."""
         with self.db.read() as conn:

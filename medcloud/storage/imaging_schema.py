@@ -97,4 +97,17 @@ dicom_instances = Table(
     Index("ix_dicom_instances_class", "sop_class_uid"),
 )
 
-IMAGING_TABLES = (dicom_patients, dicom_studies, dicom_series, dicom_instances)
+# Configured extra matching keys (imaging/extra_tags.py): one row per value of each instance.
+dicom_extra_index = Table(
+    "dicom_extra_index",
+    metadata,
+    Column("instance_pk", BigInteger, nullable=False),
+    Column("series_pk", BigInteger, nullable=False),
+    Column("study_pk", BigInteger, nullable=False),
+    Column("tag", String(8), nullable=False),
+    Column("value", String(256), nullable=False),
+    Index("ix_dicom_extra_tag_value", "tag", "value"),
+    Index("ix_dicom_extra_instance", "instance_pk"),
+)
+
+IMAGING_TABLES = (dicom_patients, dicom_studies, dicom_series, dicom_instances, dicom_extra_index)

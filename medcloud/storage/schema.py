@@ -234,4 +234,4 @@ audit_head = Table(
 )
 
 # Tables of other capabilities, on the same metadata (one schema, one migration history).
-from medcloud.storage import ai_schema, imaging_schema, security_schema  # noqa: E402,F401
+from medcloud.storage import ai_schema, cds_schema, imaging_schema, security_schema  # noqa: E402,F401

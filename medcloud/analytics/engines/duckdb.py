@@ -182,7 +182,9 @@ class DuckDBEngine:
         if limit is not None:
             query = f"SELECT * FROM ({query}) AS __rows LIMIT {int(limit)}"
         options = {
-            "csv": f"FORMAT csv, HEADER {'true' if header else 'false'}",
+            # COMMENT '': DuckDB would otherwise quote every value holding '#', which RFC 4180
+            # does not ask for (and Spark's writer does not do).
+            "csv": f"FORMAT csv, HEADER {'true' if header else 'false'}, COMMENT ''",
             "parquet": "FORMAT parquet",
             "ndjson": "FORMAT json",
             "json": "FORMAT json, ARRAY true",

@@ -10,6 +10,7 @@ downloaded at run time: only what the pyspark wheel ships (VARIANT / ``parse_jso
 from __future__ import annotations
 
 import contextlib
+import csv
 import importlib.util
 import itertools
 import json
@@ -114,7 +115,9 @@ class SparkEngine:
         # repeat is unrolled into nested lambdas; resolving them takes more analyzer rounds than
         # Spark's default 100.
         self.spark.conf.set("spark.sql.analyzer.maxIterations", "1000")
-        self._tables: dict[int, str] = {}  # id(ResourcesSource) -> temp view
+        # ResourcesSource.table (unique per instance) -> temp view. Not id(source): a collected
+        # source's id is reused by the next one, which would then read the old resources.
+        self._tables: dict[str, str] = {}
 
     def close(self) -> None:
         for table in self._tables.values():
@@ -137,7 +140,7 @@ class SparkEngine:
     def relation(self, source: Source, resource_type: str) -> str:
         """A temp view with a STRING column ``resource`` holding (at least) that type's resources."""
         if isinstance(source, ResourcesSource):
-            key = id(source)
+            key = source.table
             if key not in self._tables:
                 self._tables[key] = self._register(self._local(source.resources))
             return self._tables[key]
@@ -233,7 +236,8 @@ class SparkEngine:
         """Drop a per-call temp view; in-memory sources keep theirs until close() unless made here."""
         if isinstance(source, ResourcesSource) and not made_here:
             return
-        self._tables.pop(id(source), None)
+        if isinstance(source, ResourcesSource):
+            self._tables.pop(source.table, None)
         self.spark.catalog.dropTempView(table)
 
     def write(
@@ -261,37 +265,41 @@ class SparkEngine:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
         try:
-            df = self.spark.sql(query).repartition(1)
+            # No repartition(1): the view is a narrow plan (project/generate), so part-NNNNN files
+            # follow the input splits in order and concatenating them keeps the source's row order
+            # (the DuckDB engine's order) while every core works.
+            df = self.spark.sql(query)
             with _errors():
                 writer = df.write.mode("overwrite")
                 if fmt == "csv":
-                    writer.option("header", "true").option("emptyValue", "").csv(str(tmp / "d"))
+                    writer.options(**_CSV_OPTIONS).csv(str(tmp / "d"))
                 elif fmt == "parquet":
                     writer.parquet(str(tmp / "d"))
                 else:
                     writer.text(str(tmp / "d"))
             parts = sorted(p for p in (tmp / "d").iterdir() if p.name.startswith("part-"))
-            rows = self._assemble(parts, tmp / "out", fmt)
+            rows = self._assemble(parts, tmp / "out", fmt, columns)
             (tmp / "out").replace(out)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return WriteResult(out, rows, skipped)
 
-    def _assemble(self, parts: list[Path], target: Path, fmt: OutputFormat) -> int:
+    def _assemble(self, parts: list[Path], target: Path, fmt: OutputFormat, columns: tuple[str, ...]) -> int:
         if fmt == "parquet":
-            if not parts:
-                raise EvaluationError("Spark wrote no Parquet part file")
-            parts[0].replace(target)
-            return int(self.spark.read.parquet(str(target)).count())
+            return _merge_parquet(parts, target)
         rows = 0
-        with target.open("w", encoding="utf-8") as dst:
+        with target.open("w", encoding="utf-8", newline="") as dst:
             if fmt == "json":
                 dst.write("[")
+            if fmt == "csv":
+                # Spark writes the header into every part file; write it once, as DuckDB does.
+                w = csv.writer(dst, lineterminator="\n")
+                w.writerow(columns)
             for part in parts:
-                with part.open(encoding="utf-8") as src:
+                with part.open(encoding="utf-8", newline="") as src:
                     for k, line in enumerate(src):
-                        if fmt == "csv" and k == 0 and rows > 0:
-                            continue  # one header only
+                        if fmt == "csv" and k == 0:
+                            continue
                         if fmt == "json":
                             dst.write(("," if rows else "") + "\n" + line.rstrip("\n"))
                         else:
@@ -299,7 +307,43 @@ class SparkEngine:
                         rows += 1
             if fmt == "json":
                 dst.write("\n]\n")
-        return rows - 1 if fmt == "csv" and rows else rows
+        return rows
+
+
+# RFC 4180 as DuckDB's COPY writes it: quote only when needed, "" inside quotes, keep whitespace,
+# an empty string as "" and NULL as nothing. Spark's writer defaults differ on all of these
+# (backslash escapes, trimmed whitespace).
+_CSV_OPTIONS = {
+    "header": "true",
+    "quote": '"',
+    "escape": '"',
+    "ignoreLeadingWhiteSpace": "false",
+    "ignoreTrailingWhiteSpace": "false",
+    "nullValue": "",
+    "emptyValue": '""',
+    "lineSep": "\n",
+}
+
+
+def _merge_parquet(parts: list[Path], target: Path) -> int:
+    """One Parquet file from Spark's part files, in part order.
+
+    DuckDB (a core dependency) rewrites them, so a view's Parquet file has the same schema and
+    encoding on both engines; Spark's own part files carry Spark-only metadata.
+    """
+    import duckdb
+
+    con = duckdb.connect(":memory:")
+    try:
+        if not parts:
+            raise EvaluationError("Spark wrote no Parquet part file")
+        files = "[" + ", ".join(sql_str(str(p)) for p in parts) + "]"
+        copied = con.execute(
+            f"COPY (SELECT * FROM read_parquet({files})) TO {sql_str(str(target))} (FORMAT parquet)"
+        ).fetchone()
+    finally:
+        con.close()
+    return int(copied[0]) if copied else 0
 
 
 @contextlib.contextmanager

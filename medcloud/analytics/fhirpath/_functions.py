@@ -6,98 +6,28 @@ common FHIRPath N1 functions views reach for (string, math, subsetting, conversi
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from medcloud.analytics.errors import ViewDefinitionError
 from medcloud.analytics.fhirpath import ast
+from medcloud.analytics.fhirpath._common_functions import register as register_common
+from medcloud.analytics.fhirpath._core import FunctionTable, Impl, Scope, Sql
 from medcloud.analytics.fhirpath._sqltext import sql_str
 
 if TYPE_CHECKING:
-    from medcloud.analytics.fhirpath.to_duckdb import Compiler, Scope, Sql
+    from medcloud.analytics.fhirpath.to_duckdb import Compiler
 
-_Impl = Callable[["Compiler", "Sql", tuple[ast.Node, ...], "Scope"], "Sql"]
-_FUNCTIONS: dict[str, tuple[int, int, _Impl]] = {}
+_TABLE: FunctionTable[Compiler] = FunctionTable()
+_fn = _TABLE.fn
+call = _TABLE.call
+register_common(_TABLE)
 
 
 def _sql(text: str, kind: str, hint: str | None = None) -> Sql:
-    from medcloud.analytics.fhirpath.to_duckdb import Sql
-
     return Sql(text, kind, hint)  # type: ignore[arg-type]
 
 
-def _fn(name: str, min_args: int = 0, max_args: int = 0) -> Callable[[_Impl], _Impl]:
-    def register(impl: _Impl) -> _Impl:
-        _FUNCTIONS[name] = (min_args, max_args, impl)
-        return impl
-
-    return register
-
-
-def call(c: Compiler, n: ast.Call, s: Scope) -> Sql:
-    from medcloud.analytics.fhirpath.to_duckdb import Sql
-
-    if n.name not in _FUNCTIONS and n.name not in ("ofType", "as", "is"):
-        raise ViewDefinitionError("", f"unsupported FHIRPath function {n.name}()")
-    lo, hi, impl = _FUNCTIONS.get(n.name, (1, 1, _empty))
-    if not lo <= len(n.args) <= hi:
-        expected = str(lo) if lo == hi else f"{lo} to {hi}"
-        raise ViewDefinitionError("", f"{n.name}() takes {expected} argument(s), got {len(n.args)}")
-    if n.name in ("ofType", "as", "is"):
-        type_name = ast.type_name_of(n.args[0])
-        if type_name is None:
-            raise ViewDefinitionError("", f"{n.name}() needs a type name")
-        if n.name == "is":
-            return c.node(ast.TypeOp("is", n.target or ast.Variable("this"), type_name), s)
-        return c.of_type(n.target, type_name, s)
-    if n.target is None and n.name == "getResourceKey":
-        # Invoked "at the root of a FHIR Resource"; inside forEach the focus is an element, but the
-        # key a user wants there is still the resource's.
-        base = Sql(s.resource, "ONE")
-    else:
-        base = s.focus if n.target is None else c.node(n.target, s)
-    return impl(c, base, n.args, s)
-
-
-def _lambda_scope(c: Compiler, s: Scope, var: str, index: str | None = None) -> Scope:
-    from medcloud.analytics.fhirpath.to_duckdb import Scope, Sql
-
-    return Scope(Sql(var, "ONE"), s.resource, s.row_index, s.constants, index, False, s.resource_type)
-
-
-def _criteria(c: Compiler, coll: str, arg: ast.Node, s: Scope) -> tuple[str, str, str]:
-    """(variable, index, SQL boolean) for a criteria argument evaluated per item."""
-    v, i = c.var(), c.var()
-    body = c.node(arg, _lambda_scope(c, s, v, f"CAST({i} - 1 AS BIGINT)"))
-    return v, i, f"coalesce({c.to_bool(body)}, FALSE)"
-
-
 # -- existence and filtering (FHIRPath N1 §5.1, §5.2) ----------------------------------------------
-@_fn("empty")
-def _empty(c: Compiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
-    if base.kind in ("BOOL", "STR", "NUM", "INT", "ONE"):
-        return _sql(f"({c.to_one(base).text} IS NULL)", "BOOL")
-    return _sql(f"(len({base.text}) = 0)", "BOOL")
-
-
-@_fn("exists", 0, 1)
-def _exists(c: Compiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
-    if not args:
-        if base.kind != "COLL":
-            return _sql(f"({c.to_one(base).text} IS NOT NULL)", "BOOL")
-        return _sql(f"(len({base.text}) > 0)", "BOOL")
-    coll = c.to_coll(base)
-    v, i, crit = _criteria(c, coll, args[0], s)
-    return _sql(f"(len(list_filter({coll}, lambda {v}, {i}: {crit})) > 0)", "BOOL")
-
-
-@_fn("all", 1, 1)
-def _all(c: Compiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
-    coll = c.to_coll(base)
-    v, i, crit = _criteria(c, coll, args[0], s)
-    return _sql(f"(len(list_filter({coll}, lambda {v}, {i}: NOT {crit})) = 0)", "BOOL")
-
-
 def _bools(c: Compiler, base: Sql) -> str:
     v = c.var()
     return f"list_transform({c.to_coll(base)}, lambda {v}: CAST({v} AS VARCHAR) = 'true')"
@@ -121,25 +51,6 @@ def _all_false(c: Compiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> 
 @_fn("anyFalse")
 def _any_false(c: Compiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
     return _sql(f"NOT coalesce(list_bool_and({_bools(c, base)}), TRUE)", "BOOL")
-
-
-@_fn("where", 1, 1)
-def _where(c: Compiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
-    coll = c.to_coll(base)
-    v, i, crit = _criteria(c, coll, args[0], s)
-    return _sql(f"list_filter({coll}, lambda {v}, {i}: {crit})", "COLL", base.fhir_type)
-
-
-@_fn("select", 1, 1)
-def _select(c: Compiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
-    v, i = c.var(), c.var()
-    body = c.node(args[0], _lambda_scope(c, s, v, f"CAST({i} - 1 AS BIGINT)"))
-    return _sql(f"flatten(list_transform({c.to_coll(base)}, lambda {v}, {i}: {c.to_coll(body)}))", "COLL")
-
-
-@_fn("count")
-def _count(c: Compiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
-    return _sql(f"CAST(len({c.to_coll(base)}) AS BIGINT)", "INT")
 
 
 @_fn("distinct")
@@ -174,11 +85,6 @@ def _last(c: Compiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
     return _sql(f"{base.text}[-1]", "ONE", base.fhir_type)
 
 
-@_fn("single")
-def _single(c: Compiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
-    return c.to_one(base)
-
-
 @_fn("tail")
 def _tail(c: Compiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
     return _sql(f"{c.to_coll(base)}[2:]", "COLL", base.fhir_type)
@@ -196,37 +102,7 @@ def _take(c: Compiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
     return _sql(f"{c.to_coll(base)}[1:greatest({n}, 0)]", "COLL", base.fhir_type)
 
 
-@_fn("union", 1, 1)
-def _union(c: Compiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
-    from medcloud.analytics.fhirpath._operators import binary
-
-    return binary(c, "|", base, c.node(args[0], s))
-
-
-@_fn("combine", 1, 1)
-def _combine(c: Compiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
-    return _sql(f"list_concat({c.to_coll(base)}, {c.to_coll(c.node(args[0], s))})", "COLL")
-
-
 # -- boolean and utility (§5.5, §6.5, §7) ------------------------------------------------------
-@_fn("not")
-def _not(c: Compiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
-    return _sql(f"(NOT {c.to_bool(base)})", "BOOL")
-
-
-@_fn("iif", 2, 3)
-def _iif(c: Compiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
-    crit = c.to_bool(c.node(args[0], s))
-    yes = c.node(args[1], s)
-    no = c.node(args[2], s) if len(args) == 3 else None
-    if no is not None and yes.kind == no.kind and yes.kind != "COLL":
-        return _sql(f"(CASE WHEN {crit} THEN {yes.text} ELSE {no.text} END)", yes.kind)
-    if no is None and yes.kind != "COLL":
-        return _sql(f"(CASE WHEN {crit} THEN {c.to_one(yes).text} END)", "ONE")
-    other = c.to_coll(no) if no is not None else "CAST([] AS JSON[])"
-    return _sql(f"(CASE WHEN {crit} THEN {c.to_coll(yes)} ELSE {other} END)", "COLL")
-
-
 @_fn("hasValue")
 def _has_value(c: Compiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
     one = c.to_one(base).text
@@ -272,7 +148,7 @@ def _get_reference_key(c: Compiler, base: Sql, args: tuple[ast.Node, ...], s: Sc
     )
 
 
-def _boundary(side: str) -> _Impl:
+def _boundary(side: str) -> Impl[Compiler]:
     def impl(c: Compiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
         precision = c.to_int(c.node(args[0], s)) if args else "NULL"
         hint = sql_str(base.fhir_type) if base.fhir_type else "NULL"
@@ -425,4 +301,4 @@ def _now(c: Compiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
 
 
 def supported_functions() -> tuple[str, ...]:
-    return tuple(sorted([*_FUNCTIONS, "ofType", "as", "is"]))
+    return _TABLE.names()

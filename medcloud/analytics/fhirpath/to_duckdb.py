@@ -14,41 +14,18 @@ helper macros the SQL calls (``fp_*``) are in ``MACROS``; the engine installs th
 
 from __future__ import annotations
 
-import itertools
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
 from decimal import Decimal
-from typing import Literal as TLiteral
 
-from medcloud.analytics.errors import ViewDefinitionError
 from medcloud.analytics.fhirpath import ast
+from medcloud.analytics.fhirpath._core import SCALARS, CompilerCore, Kind, Scope, Sql
 from medcloud.analytics.fhirpath._sqltext import MACROS, sql_str
-from medcloud.analytics.fhirpath.parser import parse
 
-__all__ = ["MACROS", "Compiler", "Scope", "Sql", "sql_str"]
+__all__ = ["MACROS", "Compiler", "Kind", "Scope", "Sql", "sql_str"]
 
 ROOT_FIELDS = "__top"
-Kind = TLiteral["COLL", "ONE", "BOOL", "STR", "NUM", "INT"]
-_SCALARS = ("BOOL", "STR", "NUM", "INT")
-
-
-@dataclass(frozen=True, slots=True)
-class Sql:
-    text: str
-    kind: Kind
-    fhir_type: str | None = None  # a static hint: "dateTime" after ofType(dateTime), "date" for birthDate
-
-
-@dataclass(frozen=True, slots=True)
-class Scope:
-    focus: Sql  # $this; a ONE
-    resource: str  # SQL for %resource
-    row_index: str  # SQL for %rowIndex
-    constants: Mapping[str, Sql] = field(default_factory=dict)
-    index: str | None = None  # $index inside where()/select()
-    at_root: bool = False  # focus is the resource itself (so ``Patient.name`` may name the type)
-    resource_type: str | None = None
+_SCALARS = SCALARS
 
 
 # FHIR primitive type -> predicate on json_type(); complex types are JSON objects.
@@ -107,22 +84,47 @@ def constant_sql(value_type: str, value: object) -> Sql:
     return Sql(sql_str(str(value)), kind, value_type[0].lower() + value_type[1:])
 
 
-class Compiler:
-    """One instance per view: hands out unique lambda variable names."""
+class Compiler(CompilerCore):
+    """DuckDB SQL text for the shared walk in ``_core.CompilerCore``; one instance per view."""
+
+    EMPTY = "CAST([] AS JSON[])"
+    VAR_PREFIX = "_v"
 
     def __init__(self, root: str | None = None) -> None:
-        self._names = itertools.count(1)
+        super().__init__()
         # Members of the resource itself are read with one multi-path json_extract per resource
         # (``root_fields``), so the resource's JSON text is parsed once, not once per column.
         self.root = root
         self.root_fields: dict[str, int] = {}
 
-    def var(self) -> str:
-        return f"_v{next(self._names)}"
+    # -- dialect hooks -------------------------------------------------------------------------
+    def quote(self, value: str) -> str:
+        return sql_str(value)
 
-    # -- entry points ------------------------------------------------------------------------
-    def compile(self, expression: str, scope: Scope) -> Sql:
-        return self.node(parse(expression), scope)
+    def size(self, coll: str) -> str:
+        return f"len({coll})"
+
+    def concat(self, a: str, b: str) -> str:
+        return f"list_concat({a}, {b})"
+
+    def filter(self, coll: str, var: str, index: str, body: str) -> str:
+        return f"list_filter({coll}, lambda {var}, {index}: {body})"
+
+    def transform(self, coll: str, var: str, index: str, body: str) -> str:
+        return f"list_transform({coll}, lambda {var}, {index}: {body})"
+
+    def lambda_index(self, index: str) -> str:
+        return f"CAST({index} - 1 AS BIGINT)"  # DuckDB list lambdas count from 1
+
+    def binary(self, op: str, left: Sql, right: Sql) -> Sql:
+        from medcloud.analytics.fhirpath import _operators
+
+        return _operators.binary(self, op, left, right)
+
+    def call(self, n: ast.Call, s: Scope) -> Sql:
+        from medcloud.analytics.fhirpath import _functions
+
+        return _functions.call(self, n, s)
 
     def collection(self, expression: str, scope: Scope) -> str:
         return self.to_coll(self.compile(expression, scope))
@@ -194,29 +196,6 @@ class Compiler:
         return self.to_one(e).text
 
     # -- nodes -------------------------------------------------------------------------------
-    def node(self, n: ast.Node, s: Scope) -> Sql:
-        method = getattr(self, "_" + type(n).__name__.lower())
-        return method(n, s)
-
-    def _literal(self, n: ast.Literal, s: Scope) -> Sql:
-        if n.type == "empty":
-            return Sql("CAST([] AS JSON[])", "COLL")
-        if n.type == "boolean":
-            return Sql("TRUE" if n.value else "FALSE", "BOOL")
-        if n.type == "integer":
-            return Sql(f"CAST({n.value} AS BIGINT)", "INT")
-        if n.type == "decimal":
-            return Sql(f"CAST({n.value} AS DOUBLE)", "NUM", "decimal")
-        return Sql(sql_str(str(n.value)), "STR", n.type)
-
-    def _identifier(self, n: ast.Identifier, s: Scope) -> Sql:
-        if s.at_root and n.name == s.resource_type:
-            return Sql(self.to_coll(s.focus), "COLL")
-        return self.member(s.focus, n.name)
-
-    def _member(self, n: ast.Member, s: Scope) -> Sql:
-        return self.member(self.node(n.target, s), n.name)
-
     def member(self, base: Sql, name: str) -> Sql:
         path = sql_str(f'$."{name}"')
         hint = "date" if name == "birthDate" else ("dateTime" if name in _DATETIME_ELEMENTS else None)
@@ -234,72 +213,10 @@ class Compiler:
             hint,
         )
 
-    def _variable(self, n: ast.Variable, s: Scope) -> Sql:
-        if n.name == "this":
-            return s.focus
-        if n.name == "index" and s.index is not None:
-            return Sql(s.index, "INT")
-        raise ViewDefinitionError("", f"${n.name} is not available here")
-
-    def _external(self, n: ast.External, s: Scope) -> Sql:
-        if n.name == "rowIndex":
-            return Sql(s.row_index, "INT")
-        if n.name in ("resource", "rootResource", "context"):
-            return Sql(s.resource, "ONE")
-        if n.name in s.constants:
-            return s.constants[n.name]
-        raise ViewDefinitionError("", f"undefined constant %{n.name}")
-
     def _indexer(self, n: ast.Indexer, s: Scope) -> Sql:
         coll = self.to_coll(self.node(n.target, s))
         idx = self.to_int(self.node(n.index, s))
         return Sql(self.let(idx, lambda i: f"CASE WHEN {i} < 0 THEN NULL ELSE {coll}[{i} + 1] END"), "ONE")
-
-    def _unary(self, n: ast.Unary, s: Scope) -> Sql:
-        e = self.node(n.operand, s)
-        if n.op == "+":
-            return e
-        if e.kind == "INT":
-            return Sql(f"(-{e.text})", "INT")
-        if e.kind == "NUM":
-            return Sql(f"(-{e.text})", "NUM")
-        return Sql(f"(-{self.to_num(e)})", "NUM")
-
-    def _typeop(self, n: ast.TypeOp, s: Scope) -> Sql:
-        if n.op == "as":
-            return self.of_type(n.operand, n.type_name, s)
-        # ``value is Quantity``: true when the (choice-aware) ofType() finds the value, {} when there
-        # is nothing to test. Without a schema an absent choice element reads as {}.
-        matches = self.to_coll(self.of_type(n.operand, n.type_name, s))
-        plain = self.to_coll(self.node(n.operand, s))
-        return Sql(
-            f"(CASE WHEN len({matches}) > 0 THEN TRUE WHEN len({plain}) = 0 THEN NULL ELSE FALSE END)", "BOOL"
-        )
-
-    # -- operators ---------------------------------------------------------------------------
-    def _binary(self, n: ast.Binary, s: Scope) -> Sql:
-        from medcloud.analytics.fhirpath import _operators
-
-        return _operators.binary(self, n.op, self.node(n.left, s), self.node(n.right, s))
-
-    # -- functions ---------------------------------------------------------------------------
-    def _call(self, n: ast.Call, s: Scope) -> Sql:
-        from medcloud.analytics.fhirpath import _functions
-
-        return _functions.call(self, n, s)
-
-    def of_type(self, target: ast.Node | None, type_name: str, s: Scope) -> Sql:
-        """``x.ofType(T)``: for a choice element ``value`` also read ``valueT`` (FHIR JSON §choice)."""
-        hint = type_name[0].lower() + type_name[1:]
-        if isinstance(target, ast.Identifier | ast.Member) and not (
-            isinstance(target, ast.Identifier) and s.at_root and target.name == s.resource_type
-        ):
-            parent = s.focus if isinstance(target, ast.Identifier) else self.node(target.target, s)
-            choice = self.member(parent, target.name + type_name[0].upper() + type_name[1:])
-            plain = self.of_type_filter(self.member(parent, target.name), type_name)
-            return Sql(f"list_concat({choice.text}, {plain.text})", "COLL", hint)
-        base = s.focus if target is None else self.node(target, s)
-        return replace(self.of_type_filter(Sql(self.to_coll(base), "COLL"), type_name), fhir_type=hint)
 
     def of_type_filter(self, coll: Sql, type_name: str) -> Sql:
         types = _JSON_TYPES_FOR.get(type_name.lower())

@@ -16,28 +16,23 @@ so results do not depend on ``spark.sql.ansi.enabled``.
 
 from __future__ import annotations
 
-import itertools
 import re
 from collections.abc import Callable
-from dataclasses import replace
 from decimal import Decimal
 
-from medcloud.analytics.errors import ViewDefinitionError
 from medcloud.analytics.fhirpath import ast
-from medcloud.analytics.fhirpath.parser import parse
+from medcloud.analytics.fhirpath._core import SCALARS, CompilerCore, Scope, Sql
 from medcloud.analytics.fhirpath.to_duckdb import (
     _CONSTANT_KINDS,
     _DATETIME_ELEMENTS,
     _INTEGERS,
     _STRINGY,
-    Scope,
-    Sql,
 )
 
 __all__ = ["EMPTY", "SparkCompiler", "constant_sql", "sql_str"]
 
 EMPTY = "CAST(array() AS ARRAY<VARIANT>)"
-_SCALARS = ("BOOL", "STR", "NUM", "INT")
+_SCALARS = SCALARS
 _NUMERIC_TYPES = "('BIGINT', 'DOUBLE', 'FLOAT', 'INT', 'SMALLINT', 'TINYINT')"
 
 
@@ -121,17 +116,40 @@ def constant_sql(value_type: str, value: object) -> Sql:
     return Sql(sql_str(str(value)), kind, value_type[0].lower() + value_type[1:])
 
 
-class SparkCompiler:
-    """One instance per view: hands out unique lambda variable names."""
+class SparkCompiler(CompilerCore):
+    """Spark SQL text for the shared walk in ``_core.CompilerCore``; one instance per view."""
 
-    def __init__(self) -> None:
-        self._names = itertools.count(1)
+    EMPTY = EMPTY
+    VAR_PREFIX = "v_"
 
-    def var(self) -> str:
-        return f"v_{next(self._names)}"
+    # -- dialect hooks -------------------------------------------------------------------------
+    def quote(self, value: str) -> str:
+        return sql_str(value)
 
-    def compile(self, expression: str, scope: Scope) -> Sql:
-        return self.node(parse(expression), scope)
+    def size(self, coll: str) -> str:
+        return f"size({coll})"
+
+    def concat(self, a: str, b: str) -> str:
+        return f"concat({a}, {b})"
+
+    def filter(self, coll: str, var: str, index: str, body: str) -> str:
+        return f"filter({coll}, ({var}, {index}) -> {body})"
+
+    def transform(self, coll: str, var: str, index: str, body: str) -> str:
+        return f"transform({coll}, ({var}, {index}) -> {body})"
+
+    def lambda_index(self, index: str) -> str:
+        return f"CAST({index} AS BIGINT)"  # Spark lambda indexes count from 0
+
+    def binary(self, op: str, left: Sql, right: Sql) -> Sql:
+        from medcloud.analytics.fhirpath import to_spark_operators
+
+        return to_spark_operators.binary(self, op, left, right)
+
+    def call(self, n: ast.Call, s: Scope) -> Sql:
+        from medcloud.analytics.fhirpath import to_spark_functions
+
+        return to_spark_functions.call(self, n, s)
 
     # -- kind conversions ----------------------------------------------------------------------
     def let(self, value: str, body: Callable[[str], str], cast: str = "") -> str:
@@ -212,29 +230,6 @@ class SparkCompiler:
         return self.to_one(e).text
 
     # -- nodes -------------------------------------------------------------------------------
-    def node(self, n: ast.Node, s: Scope) -> Sql:
-        method = getattr(self, "_" + type(n).__name__.lower())
-        return method(n, s)
-
-    def _literal(self, n: ast.Literal, s: Scope) -> Sql:
-        if n.type == "empty":
-            return Sql(EMPTY, "COLL")
-        if n.type == "boolean":
-            return Sql("TRUE" if n.value else "FALSE", "BOOL")
-        if n.type == "integer":
-            return Sql(f"CAST({n.value} AS BIGINT)", "INT")
-        if n.type == "decimal":
-            return Sql(f"CAST({n.value} AS DOUBLE)", "NUM", "decimal")
-        return Sql(sql_str(str(n.value)), "STR", n.type)
-
-    def _identifier(self, n: ast.Identifier, s: Scope) -> Sql:
-        if s.at_root and n.name == s.resource_type:
-            return Sql(self.to_coll(s.focus), "COLL")
-        return self.member(s.focus, n.name)
-
-    def _member(self, n: ast.Member, s: Scope) -> Sql:
-        return self.member(self.node(n.target, s), n.name)
-
     def member(self, base: Sql, name: str) -> Sql:
         path = sql_str(f'$["{name}"]')
         hint = "date" if name == "birthDate" else ("dateTime" if name in _DATETIME_ELEMENTS else None)
@@ -246,22 +241,6 @@ class SparkCompiler:
         inner = self.items(f"try_variant_get({v}, {path}, 'variant')")
         return Sql(f"flatten(transform({base.text}, {v} -> {inner}))", "COLL", hint)
 
-    def _variable(self, n: ast.Variable, s: Scope) -> Sql:
-        if n.name == "this":
-            return s.focus
-        if n.name == "index" and s.index is not None:
-            return Sql(s.index, "INT")
-        raise ViewDefinitionError("", f"${n.name} is not available here")
-
-    def _external(self, n: ast.External, s: Scope) -> Sql:
-        if n.name == "rowIndex":
-            return Sql(s.row_index, "INT")
-        if n.name in ("resource", "rootResource", "context"):
-            return Sql(s.resource, "ONE")
-        if n.name in s.constants:
-            return s.constants[n.name]
-        raise ViewDefinitionError("", f"undefined constant %{n.name}")
-
     def _indexer(self, n: ast.Indexer, s: Scope) -> Sql:
         coll = self.to_coll(self.node(n.target, s))
         idx = self.to_int(self.node(n.index, s))
@@ -269,49 +248,6 @@ class SparkCompiler:
             self.let(idx, lambda i: f"CASE WHEN {i} < 0 THEN NULL ELSE get({coll}, CAST({i} AS INT)) END"),
             "ONE",
         )
-
-    def _unary(self, n: ast.Unary, s: Scope) -> Sql:
-        e = self.node(n.operand, s)
-        if n.op == "+":
-            return e
-        if e.kind == "INT":
-            return Sql(f"(-{e.text})", "INT")
-        if e.kind == "NUM":
-            return Sql(f"(-{e.text})", "NUM")
-        return Sql(f"(-{self.to_num(e)})", "NUM")
-
-    def _typeop(self, n: ast.TypeOp, s: Scope) -> Sql:
-        if n.op == "as":
-            return self.of_type(n.operand, n.type_name, s)
-        matches = self.to_coll(self.of_type(n.operand, n.type_name, s))
-        plain = self.to_coll(self.node(n.operand, s))
-        return Sql(
-            f"(CASE WHEN size({matches}) > 0 THEN TRUE WHEN size({plain}) = 0 THEN NULL ELSE FALSE END)",
-            "BOOL",
-        )
-
-    def _binary(self, n: ast.Binary, s: Scope) -> Sql:
-        from medcloud.analytics.fhirpath import to_spark_operators
-
-        return to_spark_operators.binary(self, n.op, self.node(n.left, s), self.node(n.right, s))
-
-    def _call(self, n: ast.Call, s: Scope) -> Sql:
-        from medcloud.analytics.fhirpath import to_spark_functions
-
-        return to_spark_functions.call(self, n, s)
-
-    def of_type(self, target: ast.Node | None, type_name: str, s: Scope) -> Sql:
-        """``x.ofType(T)``: for a choice element ``value`` also read ``valueT`` (FHIR JSON §choice)."""
-        hint = type_name[0].lower() + type_name[1:]
-        if isinstance(target, ast.Identifier | ast.Member) and not (
-            isinstance(target, ast.Identifier) and s.at_root and target.name == s.resource_type
-        ):
-            parent = s.focus if isinstance(target, ast.Identifier) else self.node(target.target, s)
-            choice = self.member(parent, target.name + type_name[0].upper() + type_name[1:])
-            plain = self.of_type_filter(self.member(parent, target.name), type_name)
-            return Sql(f"concat({choice.text}, {plain.text})", "COLL", hint)
-        base = s.focus if target is None else self.node(target, s)
-        return replace(self.of_type_filter(Sql(self.to_coll(base), "COLL"), type_name), fhir_type=hint)
 
     def of_type_filter(self, coll: Sql, type_name: str) -> Sql:
         v = self.var()

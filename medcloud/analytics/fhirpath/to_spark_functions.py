@@ -2,91 +2,30 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from medcloud.analytics.errors import ViewDefinitionError
 from medcloud.analytics.fhirpath import ast
-from medcloud.analytics.fhirpath.to_duckdb import Scope, Sql
+from medcloud.analytics.fhirpath._common_functions import register as register_common
+from medcloud.analytics.fhirpath._core import FunctionTable, Impl, Scope, Sql
 from medcloud.analytics.fhirpath.to_spark import EMPTY, is_obj, sql_str, text
 from medcloud.analytics.fhirpath.to_spark_boundary import boundary
-from medcloud.analytics.fhirpath.to_spark_operators import binary, distinct, json_texts
+from medcloud.analytics.fhirpath.to_spark_operators import distinct, json_texts
 
 if TYPE_CHECKING:
     from medcloud.analytics.fhirpath.to_spark import SparkCompiler
 
-_Impl = Callable[["SparkCompiler", Sql, tuple[ast.Node, ...], Scope], Sql]
-_FUNCTIONS: dict[str, tuple[int, int, _Impl]] = {}
+_TABLE: FunctionTable[SparkCompiler] = FunctionTable()
+_fn = _TABLE.fn
+call = _TABLE.call
+register_common(_TABLE)
 
 
 def _sql(txt: str, kind: str, hint: str | None = None) -> Sql:
     return Sql(txt, kind, hint)  # type: ignore[arg-type]
 
 
-def _fn(name: str, min_args: int = 0, max_args: int = 0) -> Callable[[_Impl], _Impl]:
-    def register(impl: _Impl) -> _Impl:
-        _FUNCTIONS[name] = (min_args, max_args, impl)
-        return impl
-
-    return register
-
-
-def call(c: SparkCompiler, n: ast.Call, s: Scope) -> Sql:
-    if n.name not in _FUNCTIONS and n.name not in ("ofType", "as", "is"):
-        raise ViewDefinitionError("", f"unsupported FHIRPath function {n.name}()")
-    lo, hi, impl = _FUNCTIONS.get(n.name, (1, 1, _empty))
-    if not lo <= len(n.args) <= hi:
-        expected = str(lo) if lo == hi else f"{lo} to {hi}"
-        raise ViewDefinitionError("", f"{n.name}() takes {expected} argument(s), got {len(n.args)}")
-    if n.name in ("ofType", "as", "is"):
-        type_name = ast.type_name_of(n.args[0])
-        if type_name is None:
-            raise ViewDefinitionError("", f"{n.name}() needs a type name")
-        if n.name == "is":
-            return c.node(ast.TypeOp("is", n.target or ast.Variable("this"), type_name), s)
-        return c.of_type(n.target, type_name, s)
-    if n.target is None and n.name == "getResourceKey":
-        base = Sql(s.resource, "ONE")
-    else:
-        base = s.focus if n.target is None else c.node(n.target, s)
-    return impl(c, base, n.args, s)
-
-
-def _lambda_scope(s: Scope, var: str, index: str | None = None) -> Scope:
-    return Scope(Sql(var, "ONE"), s.resource, s.row_index, s.constants, index, False, s.resource_type)
-
-
-def _criteria(c: SparkCompiler, arg: ast.Node, s: Scope) -> tuple[str, str, str]:
-    """(variable, index, SQL boolean) for a criteria argument evaluated per item."""
-    v, i = c.var(), c.var()
-    body = c.node(arg, _lambda_scope(s, v, f"CAST({i} AS BIGINT)"))
-    return v, i, f"coalesce({c.to_bool(body)}, FALSE)"
-
-
 # -- existence and filtering (FHIRPath N1 §5.1, §5.2) ----------------------------------------------
-@_fn("empty")
-def _empty(c: SparkCompiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
-    if base.kind in ("BOOL", "STR", "NUM", "INT", "ONE"):
-        return _sql(f"({c.to_one(base).text} IS NULL)", "BOOL")
-    return _sql(f"(size({base.text}) = 0)", "BOOL")
-
-
-@_fn("exists", 0, 1)
-def _exists(c: SparkCompiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
-    if not args:
-        if base.kind != "COLL":
-            return _sql(f"({c.to_one(base).text} IS NOT NULL)", "BOOL")
-        return _sql(f"(size({base.text}) > 0)", "BOOL")
-    v, i, crit = _criteria(c, args[0], s)
-    return _sql(f"(size(filter({c.to_coll(base)}, ({v}, {i}) -> {crit})) > 0)", "BOOL")
-
-
-@_fn("all", 1, 1)
-def _all(c: SparkCompiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
-    v, i, crit = _criteria(c, args[0], s)
-    return _sql(f"(size(filter({c.to_coll(base)}, ({v}, {i}) -> NOT {crit})) = 0)", "BOOL")
-
-
 def _bools(c: SparkCompiler, base: Sql) -> str:
     v = c.var()
     return f"transform({c.to_coll(base)}, {v} -> to_json({v}) = 'true')"
@@ -116,24 +55,6 @@ def _any_false(c: SparkCompiler, base: Sql, args: tuple[ast.Node, ...], s: Scope
     return _sql(f"(NOT forall({_bools(c, base)}, {x} -> {x}))", "BOOL")
 
 
-@_fn("where", 1, 1)
-def _where(c: SparkCompiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
-    v, i, crit = _criteria(c, args[0], s)
-    return _sql(f"filter({c.to_coll(base)}, ({v}, {i}) -> {crit})", "COLL", base.fhir_type)
-
-
-@_fn("select", 1, 1)
-def _select(c: SparkCompiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
-    v, i = c.var(), c.var()
-    body = c.node(args[0], _lambda_scope(s, v, f"CAST({i} AS BIGINT)"))
-    return _sql(f"flatten(transform({c.to_coll(base)}, ({v}, {i}) -> {c.to_coll(body)}))", "COLL")
-
-
-@_fn("count")
-def _count(c: SparkCompiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
-    return _sql(f"CAST(size({c.to_coll(base)}) AS BIGINT)", "INT")
-
-
 @_fn("distinct")
 def _distinct(c: SparkCompiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
     return _sql(c.let(c.to_coll(base), lambda lst: distinct(c, lst)), "COLL")
@@ -160,11 +81,6 @@ def _last(c: SparkCompiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> 
     return _sql(c.let(base.text, lambda lst: f"get({lst}, size({lst}) - 1)"), "ONE", base.fhir_type)
 
 
-@_fn("single")
-def _single(c: SparkCompiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
-    return c.to_one(base)
-
-
 def _from(c: SparkCompiler, coll: str, start: str, end: str | None = None) -> str:
     v, i = c.var(), c.var()
     cond = f"{i} >= {start}" + (f" AND {i} < {end}" if end is not None else "")
@@ -188,35 +104,7 @@ def _take(c: SparkCompiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> 
     return _sql(_from(c, c.to_coll(base), "0", f"greatest({n}, 0)"), "COLL", base.fhir_type)
 
 
-@_fn("union", 1, 1)
-def _union(c: SparkCompiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
-    return binary(c, "|", base, c.node(args[0], s))
-
-
-@_fn("combine", 1, 1)
-def _combine(c: SparkCompiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
-    return _sql(f"concat({c.to_coll(base)}, {c.to_coll(c.node(args[0], s))})", "COLL")
-
-
 # -- boolean and utility (§5.5, §6.5, §7) ------------------------------------------------------
-@_fn("not")
-def _not(c: SparkCompiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
-    return _sql(f"(NOT {c.to_bool(base)})", "BOOL")
-
-
-@_fn("iif", 2, 3)
-def _iif(c: SparkCompiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
-    crit = c.to_bool(c.node(args[0], s))
-    yes = c.node(args[1], s)
-    no = c.node(args[2], s) if len(args) == 3 else None
-    if no is not None and yes.kind == no.kind and yes.kind != "COLL":
-        return _sql(f"(CASE WHEN {crit} THEN {yes.text} ELSE {no.text} END)", yes.kind)
-    if no is None and yes.kind != "COLL":
-        return _sql(f"(CASE WHEN {crit} THEN {c.to_one(yes).text} END)", "ONE")
-    other = c.to_coll(no) if no is not None else EMPTY
-    return _sql(f"(CASE WHEN {crit} THEN {c.to_coll(yes)} ELSE {other} END)", "COLL")
-
-
 @_fn("hasValue")
 def _has_value(c: SparkCompiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
     one = c.to_one(base).text
@@ -290,7 +178,7 @@ def _get_reference_key(c: SparkCompiler, base: Sql, args: tuple[ast.Node, ...], 
     )
 
 
-def _boundary(side: str) -> _Impl:
+def _boundary(side: str) -> Impl[SparkCompiler]:
     def impl(c: SparkCompiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
         precision = c.to_int(c.node(args[0], s)) if args else None
         return _sql(
@@ -429,4 +317,4 @@ def _now(c: SparkCompiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> S
 
 
 def supported_functions() -> tuple[str, ...]:
-    return tuple(sorted([*_FUNCTIONS, "ofType", "as", "is"]))
+    return _TABLE.names()

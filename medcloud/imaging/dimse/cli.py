@@ -122,6 +122,27 @@ def serve(
 
 
 @app.command()
+def reindex(data_dir: DataDir = None, db: DbUrl = None) -> None:
+    """Index the configured extra matching keys (dicom_extra_tags) of every stored instance."""
+    from medcloud.app import build_services
+
+    settings = _settings(data_dir=data_dir, db=db)
+    try:
+        services = build_services(settings)
+    except Exception as e:  # unreachable database, bad URL, failed migration
+        console.print(f"[red]cannot start:[/red] {e}", highlight=False)
+        raise typer.Exit(1) from e
+    try:
+        assert services.imaging is not None
+        tags = services.imaging.config.extra_tags
+        n = services.imaging.reindex_extra()
+    finally:
+        services.close()
+    names = ", ".join(tags) or "none configured (the index was emptied)"
+    out.print(f"indexed {n} instances; extra matching keys: {names}", highlight=False)
+
+
+@app.command()
 def echo(remote: Remote = None, host: Host = None, port: Port = None, aet: Aet = None,
          calling_aet: Calling = None) -> None:
     """C-ECHO (verification) to a remote AE."""

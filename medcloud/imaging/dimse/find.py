@@ -16,7 +16,7 @@ PatientID, with NumberOfPatientRelatedStudies/Series/Instances summed over them.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -58,8 +58,11 @@ def qr_level(identifier: Dataset, model: Model) -> str:
     return level
 
 
-def to_query(identifier: Dataset, model: Model) -> FindRequest:
-    """Translate a C-FIND identifier into a QIDO query; raises Invalid for malformed identifiers."""
+def to_query(identifier: Dataset, model: Model, extra_tags: Collection[str] = ()) -> FindRequest:
+    """Translate a C-FIND identifier into a QIDO query; raises Invalid for malformed identifiers.
+
+    Configured ``extra_tags`` (imaging/extra_tags.py) are matched at STUDY, SERIES and IMAGE level:
+    a study or series matches when any of its instances does."""
     level = qr_level(identifier, model)
     filters: list[tuple[str, str]] = []
     requested: list[int] = []
@@ -75,6 +78,9 @@ def to_query(identifier: Dataset, model: Model) -> FindRequest:
         value = _text(elem.value)
         kw = elem.keyword
         attr = qido.ATTRS.get(kw)
+        if attr is None and f"{tag:08X}" in extra_tags and value and value.strip("*") and level != "PATIENT":
+            filters.append((f"{tag:08X}", value))
+            continue
         if attr is None or not value or value.strip("*") == "":
             continue
         if level == "PATIENT" and kw not in _PATIENT_KEYS:

@@ -17,9 +17,9 @@ Why it looks like this:
   archive without hooks and the changed studies are handed to the real hooks when the association
   ends and every ``FLUSH_SECONDS`` while it lasts. Per instance, the PUT of a growing ImagingStudy
   cost more than the store itself (O(n^2) over a 500-instance study).
-* C-STOREs are group-committed: every association's handler thread hands its bytes to one writer
-  thread (``GroupCommit``) and waits for the outcome; the writer stores whatever is queued in one
-  ``Archive.store_many`` transaction (one savepoint per instance, so one bad instance fails alone).
+* C-STOREs are group-committed (``imaging/group_commit.py``, shared with STOW-RS): every
+  association's handler thread parses its instance and hands it to one writer thread, which stores
+  whatever is queued in one transaction (one bad instance still fails alone).
   Handler threads no longer queue on the database's write lock one BEGIN at a time, patient/study/
   series rows are written once per batch, and the C-STORE-RSP still leaves only after the commit.
 * pynetdicom does not set TCP_NODELAY; every accepted socket gets it here (small PDUs such as a
@@ -32,7 +32,6 @@ import contextlib
 import dataclasses
 import io
 import logging
-import queue
 import socket
 import threading
 from collections.abc import Iterator
@@ -48,9 +47,10 @@ from pynetdicom.transport import ThreadedAssociationServer
 from medcloud.config import RemoteAE, Settings
 from medcloud.errors import Invalid, MedcloudError
 from medcloud.imaging import status
-from medcloud.imaging.archive import Archive, InstanceRef, Prepared, StoreResult
+from medcloud.imaging.archive import Archive, InstanceRef
 from medcloud.imaging.dimse import find
 from medcloud.imaging.dimse.remotes import find_remote
+from medcloud.imaging.group_commit import GroupCommit
 
 log = logging.getLogger("medcloud.dimse")
 
@@ -123,96 +123,6 @@ class StudyChanges:
                 hook(studies)
             except Exception:  # noqa: BLE001 - the images are stored; the next change repairs the link
                 log.exception("imaging change hook failed for %d studies", len(studies))
-
-
-class GroupCommit:
-    """One writer thread storing the instances that handler threads queue, a batch per transaction.
-
-    Handler threads parse (``Archive.prepare``) before queueing, so the writer only writes: while
-    it waits on the database or the disk (GIL released), the next instances are being parsed.
-    ``store(data)`` blocks its caller until the batch holding ``data`` has committed (or failed) and
-    returns that instance's ``StoreResult``. Batches form on their own: while one commits, the
-    next C-STOREs queue up, so N busy associations give batches of about N and an idle one gives
-    batches of one (no added latency). ``max_batch`` bounds one transaction's size.
-    """
-
-    def __init__(self, archive: Archive, *, max_batch: int = 64):
-        self.archive = archive
-        self.max_batch = max_batch
-        self._queue: queue.SimpleQueue[tuple[Prepared, _Slot] | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-
-    def start(self) -> None:
-        with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="dimse-group-commit", daemon=True)
-                self._thread.start()
-
-    def stop(self) -> None:
-        with self._lock:
-            thread, self._thread = self._thread, None
-        if thread is not None:
-            self._queue.put(None)
-            thread.join(timeout=30)
-
-    def store(self, data: bytes) -> StoreResult:
-        prepared = self.archive.prepare(data)
-        if prepared.refused is not None:
-            return prepared.refused
-        if self._thread is None:  # not started (or stopping): store directly
-            return self.archive.commit([prepared])[0]
-        slot = _Slot()
-        self._queue.put((prepared, slot))
-        return slot.wait()
-
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            batch = [item]
-            stop = False
-            while len(batch) < self.max_batch:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    stop = True
-                    break
-                batch.append(more)
-            self._commit(batch)
-            if stop:
-                return
-
-    def _commit(self, batch: list[tuple[Prepared, _Slot]]) -> None:
-        try:
-            results = self.archive.commit([prepared for prepared, _ in batch])
-        except Exception:  # noqa: BLE001 - store_many reports per instance; this is a fault
-            log.exception("group commit of %d instances failed", len(batch))
-            results = [StoreResult(status.PROCESSING_FAILURE, reason="internal error while storing")] * len(batch)
-        for (_, slot), result in zip(batch, results, strict=True):
-            slot.set(result)
-
-
-class _Slot:
-    """Where the writer leaves one instance's result for the handler thread that waits on it."""
-
-    __slots__ = ("_done", "_result")
-
-    def __init__(self) -> None:
-        self._done = threading.Event()
-        self._result: StoreResult | None = None
-
-    def set(self, result: StoreResult) -> None:
-        self._result = result
-        self._done.set()
-
-    def wait(self) -> StoreResult:
-        self._done.wait()
-        assert self._result is not None
-        return self._result
 
 
 class _ReusePortServer(ThreadedAssociationServer):
@@ -370,7 +280,6 @@ class DimseServer:
             server.get_request = get_request  # type: ignore[method-assign]
             self._server = server
             self.port = server.server_address[1]
-            self._writer.start()
             self._stopping.clear()
             self._stop_requested.clear()
             self._flusher = threading.Thread(target=self._flush_loop, name="dimse-study-changes", daemon=True)
@@ -383,7 +292,6 @@ class DimseServer:
             if self._server is not None:
                 self._server.shutdown()
                 self._server = None
-            self._writer.stop()
             self._stopping.set()
             if self._flusher is not None:
                 self._flusher.join(timeout=10)
@@ -438,7 +346,7 @@ class DimseServer:
     def _on_find(self, event: Any) -> Iterator[tuple[int | Dataset, Dataset | None]]:
         model = FIND_MODELS.get(str(event.request.AffectedSOPClassUID), "study")
         try:
-            req = find.to_query(event.identifier, model)
+            req = find.to_query(event.identifier, model, self.archive.config.extra_tags)
             for ds in find.run(self.archive.db, req, retrieve_aet=self.ae_title):
                 if event.is_cancelled:
                     yield CANCEL, None
