@@ -250,6 +250,11 @@ class DimseServer:
         with self._lock:
             if self._server is not None:
                 return self.port
+            # The ImagingStudy link validates ImagingStudy and Patient resources: compile those
+            # validators before the first association (≈1 s of CPU that would land on the first flush).
+            from medcloud.fhir.validation import warm
+
+            warm(("ImagingStudy", "Patient"))
             logging.getLogger("pynetdicom").setLevel(logging.WARNING)
             _config.UNRESTRICTED_STORAGE_SERVICE = True  # private/new storage SOP classes too
             # pynetdicom's "standard" handlers format every PDU/DIMSE message for its debug log even
