@@ -21,7 +21,7 @@ from medcloud.config import Settings
 
 from ._models import image_package
 
-DATA = Path("/work/shared/data")
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"  # ../shared next to the project root
 BRAIN = DATA / "brain-mri"
 PNEUMONIA = DATA / "pneumoniamnist" / "pneumoniamnist_dev.npz"
 MAX_BYTES = 25 * 1024 * 1024

@@ -15,7 +15,7 @@ from medcloud.ai.package import ImageInput, Normalisation, Windowing
 from medcloud.ai.preprocess import load_frames, prepare, to_model_input
 from medcloud.errors import Invalid, Unprocessable
 
-BRAIN = Path("/work/shared/data/brain-mri")
+BRAIN = Path(__file__).resolve().parents[2].parent / "shared" / "data/brain-mri"  # ../shared
 
 
 def dicom(pixels: np.ndarray, photometric: str = "MONOCHROME2", **attrs: object) -> Dataset:

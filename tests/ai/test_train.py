@@ -8,8 +8,9 @@ import pytest
 
 from medcloud.ai import package as packages
 
-PNEUMONIA = Path("/work/shared/data/pneumoniamnist/pneumoniamnist_dev.npz")
-BRAIN = Path("/work/shared/data/brain-mri")
+SHARED = Path(__file__).resolve().parents[2].parent / "shared"  # ../shared next to the project root
+PNEUMONIA = SHARED / "data/pneumoniamnist/pneumoniamnist_dev.npz"
+BRAIN = SHARED / "data/brain-mri"
 
 
 @pytest.fixture(autouse=True)
