@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from medcloud.ai.package import ImageInput, Manifest, ModelPackage
+from medcloud.ai.package import ImageInput, Manifest, ModelPackage, TabularInput
 from medcloud.errors import Invalid, MedcloudError, NotSupported
 
 if TYPE_CHECKING:
@@ -85,6 +85,19 @@ class LoadedModel:
         if not chunks:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
         return np.asarray(np.concatenate(chunks), dtype=np.float32)
+
+    def predict_table(self, rows: np.ndarray) -> np.ndarray:
+        """Probabilities ``[N, len(labels)]`` of a tabular model for ``rows`` ``(N, features)``, the
+        columns in the manifest's feature order (one ONNX input per feature, as skl2onnx exports)."""
+        spec = self.manifest.input
+        if not isinstance(spec, TabularInput):
+            raise Invalid(f"model {self.name} {self.version} is not a tabular model (input kind {spec.kind})")
+        x = np.asarray(rows, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != len(spec.features):
+            raise Invalid(f"model {self.name} takes rows of {len(spec.features)} features, not shape {x.shape}")
+        feeds = {f.input: np.ascontiguousarray(x[:, i:i + 1]) for i, f in enumerate(spec.features)}
+        out = self.session.run([self.manifest.outputs.probabilities], feeds)[0]
+        return np.asarray(out, dtype=np.float64)
 
     def explain(self, model_input: np.ndarray, *, target: int | None = None, patches: int = 8,
                 batch: int = 32) -> Explanation:

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from medcloud.ai.package import ModelPackage
+from medcloud.ai.runtime import LoadedModel, Runtime
 from medcloud.cds.assessment import Assessment, Contribution
 from medcloud.cds.record import PatientRecord
 from medcloud.config import CdsModelService
@@ -35,34 +36,31 @@ TOP_FEATURES = 8
 
 
 def predict_probabilities(pkg: ModelPackage, rows: np.ndarray) -> np.ndarray:
-    """Positive-class probabilities for ``rows`` (float features in manifest order) by ONNX Runtime.
-
-    The one place this package runs a model; it moves to ``medcloud.ai.runtime`` once that exists.
-    """
-    session = _session(pkg)
-    spec = pkg.manifest.input
-    assert spec.kind == "tabular"
-    feeds = {f.input: rows[:, i:i + 1].astype(np.float32) for i, f in enumerate(spec.features)}
-    out = session.run([pkg.manifest.outputs.probabilities], feeds)[0]
-    return np.asarray(out, dtype=np.float64)[:, 1]
+    """Positive-class probabilities for ``rows`` (float features in manifest order), run by the
+    AI runtime (medcloud/ai/runtime.py: one ONNX Runtime session per package digest, shared)."""
+    return _RUNTIME.session(pkg).predict_table(rows)[:, 1]
 
 
-_SESSIONS: dict[str, Any] = {}
-_LOCK = threading.Lock()
+class _Sessions:
+    """ONNX Runtime sessions of CDS models by package digest (safe to lose: rebuilt on demand)."""
 
+    def __init__(self) -> None:
+        self._runtime = Runtime(None, threads=1)
+        self._loaded: dict[str, LoadedModel] = {}
+        self._lock = threading.Lock()
 
-def _session(pkg: ModelPackage) -> Any:
-    import onnxruntime
-
-    key = pkg.manifest.sha256
-    with _LOCK:
-        found = _SESSIONS.get(key)
+    def session(self, pkg: ModelPackage) -> LoadedModel:
+        key = pkg.manifest.sha256
+        with self._lock:
+            found = self._loaded.get(key)
         if found is None:
-            options = onnxruntime.SessionOptions()
-            options.intra_op_num_threads = 1
-            found = _SESSIONS[key] = onnxruntime.InferenceSession(pkg.model, options,
-                                                                  providers=["CPUExecutionProvider"])
+            found = self._runtime.session_for(pkg, pkg.sha256)
+            with self._lock:
+                self._loaded[key] = found
         return found
+
+
+_RUNTIME = _Sessions()
 
 
 def shap_values(pkg: ModelPackage, row: np.ndarray, background: np.ndarray) -> np.ndarray:
