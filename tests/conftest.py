@@ -27,6 +27,23 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 os.environ.setdefault("MEDCLOUD_AI_DEFAULT_MODELS", "false")
 
 
+@pytest.fixture(autouse=True)
+def _pydicom_validation_modes() -> Iterator[None]:
+    """Restore pydicom's process-global validation modes after every test.
+
+    dicomweb-client's file helpers set them to RAISE around a call and do not restore them when
+    the call raises (no try/finally), which made later tests in the same worker fail on pydicom's
+    own odd test files depending on xdist's scheduling.
+    """
+    from pydicom import config as pydicom_config
+
+    reading = pydicom_config.settings.reading_validation_mode
+    writing = pydicom_config.settings.writing_validation_mode
+    yield
+    pydicom_config.settings.reading_validation_mode = reading
+    pydicom_config.settings.writing_validation_mode = writing
+
+
 def _pg_available() -> str | None:
     try:
         eng = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
