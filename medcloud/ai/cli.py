@@ -34,28 +34,11 @@ if TYPE_CHECKING:  # the registry (SQLAlchemy, onnx) is imported when a command 
 @contextmanager
 def registry(data_dir: Path | None, db: str | None) -> Iterator[Registry]:
     """The registry of a store (migrated first); configuration and connection problems exit 2."""
-    from sqlalchemy.exc import SQLAlchemyError
-
     from medcloud.ai.registry import Registry
-    from medcloud.config import Settings
-    from medcloud.storage.migrate import upgrade
-    from medcloud.storage.sql.database import Database
+    from medcloud.store_cli import open_store
 
-    try:
-        settings = Settings().with_overrides(data_dir=data_dir, db=db)
-    except Exception as e:  # pydantic ValidationError: bad env/toml/flag values
-        console.print(f"[red]invalid configuration:[/red] {e}")
-        raise typer.Exit(2) from e
-    database = Database.connect(settings.db_url, pool_size=1)
-    try:
-        try:
-            upgrade(database)
-        except (SQLAlchemyError, OSError) as e:
-            console.print(f"[red]cannot open the database:[/red] {str(e).splitlines()[0]}")
-            raise typer.Exit(2) from e
+    with open_store(data_dir, db, console) as (_settings, database):
         yield Registry(database)
-    finally:
-        database.dispose()
 
 
 def _run(action: Callable[[], T]) -> T:

@@ -21,7 +21,10 @@ from medcloud.config import Settings
 
 from ._models import image_package
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"  # ../shared next to the project root
+# ../shared next to the project root; a clone elsewhere on this machine (e.g. /tmp/x) uses /work/shared
+SHARED = next((p for p in (Path(__file__).resolve().parents[2].parent / "shared", Path("/work/shared")) if p.is_dir()),
+              Path(__file__).resolve().parents[2].parent / "shared")
+DATA = SHARED / "data"
 BRAIN = DATA / "brain-mri"
 PNEUMONIA = DATA / "pneumoniamnist" / "pneumoniamnist_dev.npz"
 MAX_BYTES = 25 * 1024 * 1024

@@ -15,7 +15,10 @@ from medcloud.ai.package import ImageInput, Normalisation, Windowing
 from medcloud.ai.preprocess import load_frames, prepare, to_model_input
 from medcloud.errors import Invalid, Unprocessable
 
-BRAIN = Path(__file__).resolve().parents[2].parent / "shared" / "data/brain-mri"  # ../shared
+# ../shared next to the project root; a clone elsewhere on this machine (e.g. /tmp/x) uses /work/shared
+SHARED = next((p for p in (Path(__file__).resolve().parents[2].parent / "shared", Path("/work/shared")) if p.is_dir()),
+              Path(__file__).resolve().parents[2].parent / "shared")
+BRAIN = SHARED / "data/brain-mri"
 
 
 def dicom(pixels: np.ndarray, photometric: str = "MONOCHROME2", **attrs: object) -> Dataset:

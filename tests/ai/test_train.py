@@ -8,7 +8,9 @@ import pytest
 
 from medcloud.ai import package as packages
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared"  # ../shared next to the project root
+# ../shared next to the project root; a clone elsewhere on this machine (e.g. /tmp/x) uses /work/shared
+SHARED = next((p for p in (Path(__file__).resolve().parents[2].parent / "shared", Path("/work/shared")) if p.is_dir()),
+              Path(__file__).resolve().parents[2].parent / "shared")
 PNEUMONIA = SHARED / "data/pneumoniamnist/pneumoniamnist_dev.npz"
 BRAIN = SHARED / "data/brain-mri"
 

@@ -34,27 +34,10 @@ T = TypeVar("T")
 @contextmanager
 def _session(data_dir: Path | None, db: str | None) -> Iterator[tuple[Any, Any]]:
     """Settings and a migrated database; configuration and connection problems exit 2."""
-    from sqlalchemy.exc import SQLAlchemyError
+    from medcloud.store_cli import open_store
 
-    from medcloud.config import Settings
-    from medcloud.storage.migrate import upgrade
-    from medcloud.storage.sql.database import Database
-
-    try:
-        settings = Settings().with_overrides(data_dir=data_dir, db=db)
-    except Exception as e:  # pydantic ValidationError: bad env/toml/flag values
-        console.print(f"[red]invalid configuration:[/red] {e}")
-        raise typer.Exit(2) from e
-    database = Database.connect(settings.db_url, pool_size=1)
-    try:
-        try:
-            upgrade(database)
-        except (SQLAlchemyError, OSError) as e:
-            console.print(f"[red]cannot open the database:[/red] {str(e).splitlines()[0]}")
-            raise typer.Exit(2) from e
-        yield settings, database
-    finally:
-        database.dispose()
+    with open_store(data_dir, db, console) as opened:
+        yield opened
 
 
 def _run(action: Callable[[], T]) -> T:
