@@ -21,6 +21,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import threading
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
@@ -29,6 +30,7 @@ from medcloud.config import Settings
 log = logging.getLogger("medcloud.dimse")
 
 START_TIMEOUT = 60.0
+GRACE_SECONDS = 5.0  # after SIGTERM, then the process exits regardless
 
 
 def process_count(settings: Settings) -> int:
@@ -108,7 +110,14 @@ def _child(settings_json: str, port: int, ready: Connection) -> None:
         except OSError as e:
             ready.send(f"DIMSE process {os.getpid()} cannot bind port {port}: {e.strerror or e}")
             return
-        signal.signal(signal.SIGTERM, lambda *_: server.request_stop())
+        def on_term(*_: object) -> None:
+            server.request_stop()
+            # A graceful stop that hangs (a peer that never releases) must not outlive the parent.
+            timer = threading.Timer(GRACE_SECONDS, os._exit, args=(0,))
+            timer.daemon = True
+            timer.start()
+
+        signal.signal(signal.SIGTERM, on_term)
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent decides
         ready.send(None)
         ready.close()
