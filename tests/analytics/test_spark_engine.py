@@ -204,3 +204,34 @@ def test_sof_test_cli_exits_2_without_pyspark(monkeypatch: pytest.MonkeyPatch) -
     result = CliRunner().invoke(app, ["test", str(SUITE / "fn_first.json"), "--engine", "spark"])
     assert result.exit_code == 2
     assert "pyspark" in result.output
+
+
+def test_store_and_warehouse_sources_give_the_same_rows_as_duckdb(
+    spark: SparkEngine, services: Any, tmp_path: Path
+) -> None:
+    """``sof run --engine spark --source DATA_DIR`` (and a ``sof sync`` folder): the store is read in
+    keyset batches, spooled once to Parquet for Spark, and the spool is gone after the run."""
+    from medcloud.analytics.server.store import StoreQuery, StoreSource
+    from medcloud.analytics.server.warehouse import WarehouseSource, sync
+    from medcloud.fhir import router
+    from medcloud.fhir.exchange import FhirRequest
+
+    view = {"resourceType": "ViewDefinition", "resource": "Patient", "status": "active",
+            "select": [{"column": [{"name": "id", "path": "getResourceKey()"},
+                                   {"name": "family", "path": "name.family.first()"}]}]}
+    ids = []
+    for family in ("Ames", "Baker", "Cole"):
+        resp = router.handle(services.fhir, FhirRequest("POST", "Patient", [], body={
+            "resourceType": "Patient", "name": [{"family": family}]}))
+        ids.append(json.loads(resp.raw)["id"])
+    router.handle(services.fhir, FhirRequest("DELETE", f"Patient/{ids[2]}", []))
+    wanted = {(ids[0], "Ames"), (ids[1], "Baker")}
+    store = StoreSource(services.db, StoreQuery("Patient"))
+    with DuckDBEngine() as duck:
+        assert {(r["id"], r["family"]) for r in duck.run(view, store).rows} == wanted
+    assert {(r["id"], r["family"]) for r in spark.run(view, store).rows} == wanted
+    out = spark.write(view, store, tmp_path / "p.csv", "csv")
+    assert out.rows == 2 and not spark._spools  # the spool is removed with the run
+
+    sync(services.db, tmp_path / "wh")
+    assert {(r["id"], r["family"]) for r in spark.run(view, WarehouseSource(tmp_path / "wh")).rows} == wanted

@@ -118,11 +118,15 @@ class SparkEngine:
         # ResourcesSource.table (unique per instance) -> temp view. Not id(source): a collected
         # source's id is reused by the next one, which would then read the old resources.
         self._tables: dict[str, str] = {}
+        self._spools: dict[str, Path] = {}  # temp view -> the folder spooled for it
 
     def close(self) -> None:
         for table in self._tables.values():
             self.spark.catalog.dropTempView(table)
         self._tables.clear()
+        for folder in self._spools.values():
+            shutil.rmtree(folder, ignore_errors=True)
+        self._spools.clear()
         if self._owns_session:
             self.spark.stop()
 
@@ -144,7 +148,34 @@ class SparkEngine:
             if key not in self._tables:
                 self._tables[key] = self._register(self._local(source.resources))
             return self._tables[key]
-        return self._register(self._frame(source, resource_type))
+        if isinstance(source, NdjsonSource | ParquetSource):
+            return self._register(self._frame(source, resource_type))
+        # The store and a ``sync`` warehouse are DuckDB relations (keyset batches out of SQLite/
+        # PostgreSQL; newest version per id): spooled once to a Parquet file Spark reads, removed
+        # when the call ends.
+        folder = self._spool(source, resource_type)
+        name = self._register(self.spark.read.parquet(str(folder)))
+        self._spools[name] = folder
+        return name
+
+    def _spool(self, source: Source, resource_type: str) -> Path:
+        import duckdb
+
+        from medcloud.analytics.fhirpath._sqltext import sql_str as duck_str
+
+        folder = Path(tempfile.mkdtemp(prefix="medcloud-spark-spool-"))
+        con = duckdb.connect(":memory:")
+        try:
+            relation = source.relation(con, resource_type)
+            target = folder / f"{resource_type}.parquet"
+            con.execute(f"COPY (SELECT CAST(resource AS VARCHAR) AS resource FROM {relation} AS spool__) "
+                        f"TO {duck_str(str(target))} (FORMAT parquet)")
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        finally:
+            con.close()
+        return folder
 
     def _local(self, resources: Sequence[dict[str, Any]]) -> DataFrame:
         # An inline VALUES list is a LocalRelation: it stays in the JVM (createDataFrame on a Python
@@ -173,7 +204,7 @@ class SparkEngine:
             return self.spark.read.parquet(*[str(f) for f in typed]).selectExpr(
                 "CAST(resource AS STRING) AS resource"
             )
-        raise SourceError(f"the Spark engine cannot read {type(source).__name__}")
+        raise SourceError(f"the Spark engine cannot read {type(source).__name__}")  # pragma: no cover
 
     def _register(self, df: DataFrame) -> str:
         name = f"medcloud_resources_{next(_views)}"
@@ -239,6 +270,9 @@ class SparkEngine:
         if isinstance(source, ResourcesSource):
             self._tables.pop(source.table, None)
         self.spark.catalog.dropTempView(table)
+        spooled = self._spools.pop(table, None)
+        if spooled is not None:
+            shutil.rmtree(spooled, ignore_errors=True)
 
     def write(
         self, view: ViewDefinition | dict[str, Any], source: Source, out: str | Path, fmt: OutputFormat

@@ -148,6 +148,10 @@ class CompilerCore(ABC):
     def of_type_filter(self, coll: Sql, type_name: str) -> Sql: ...
 
     @abstractmethod
+    def let(self, value: str, body: Callable[[str], str], cast: str = "") -> str:
+        """Evaluate ``value`` once and use it several times in ``body``."""
+
+    @abstractmethod
     def to_coll(self, e: Sql) -> str: ...
 
     @abstractmethod
@@ -236,8 +240,15 @@ class CompilerCore(ABC):
             isinstance(target, ast.Identifier) and s.at_root and target.name == s.resource_type
         ):
             parent = s.focus if isinstance(target, ast.Identifier) else self.node(target.target, s)
-            choice = self.member(parent, target.name + type_name[0].upper() + type_name[1:])
-            plain = self.of_type_filter(self.member(parent, target.name), type_name)
-            return Sql(self.concat(choice.text, plain.text), "COLL", hint)
+            name = target.name
+
+            def both(p: Sql) -> str:
+                choice = self.member(p, name + type_name[0].upper() + type_name[1:])
+                plain = self.of_type_filter(self.member(p, name), type_name)
+                return self.concat(choice.text, plain.text)
+
+            if parent.kind == "COLL":  # evaluated once, not once per branch
+                return Sql(self.let(parent.text, lambda p: both(Sql(p, "COLL"))), "COLL", hint)
+            return Sql(both(parent), "COLL", hint)
         base = s.focus if target is None else self.node(target, s)
         return replace(self.of_type_filter(Sql(self.to_coll(base), "COLL"), type_name), fhir_type=hint)

@@ -115,13 +115,11 @@ def _has_value(c: Compiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> 
 @_fn("extension", 1, 1)
 def _extension(c: Compiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
     url = c.to_str(c.node(args[0], s))
-    v, e = c.var(), c.var()
-    exts = c.member(_sql(v, "ONE"), "extension").text
-    return _sql(
-        f"flatten(list_transform({c.to_coll(base)}, lambda {v}: list_filter({exts}, "
-        f"lambda {e}: ({e} ->> 'url') = {url})))",
-        "COLL",
-    )
+    e = c.var()
+    # ``member`` reads the resource's own extensions from its pre-extracted fields and maps over a
+    # collection itself: one lambda fewer per call than mapping here (planning cost per query).
+    exts = c.member(base, "extension").text
+    return _sql(f"list_filter({exts}, lambda {e}: ({e} ->> 'url') = {url})", "COLL")
 
 
 @_fn("getResourceKey")

@@ -8,6 +8,7 @@ if TYPE_CHECKING:
     from medcloud.analytics.fhirpath.to_duckdb import Compiler, Sql
 
 _NUMERIC_KINDS = ("NUM", "INT")
+_SCALAR_KINDS = ("STR", "NUM", "INT", "BOOL")
 
 
 def _sql(text: str, kind: str, hint: str | None = None) -> Sql:
@@ -62,6 +63,19 @@ def equals(c: Compiler, a: Sql, b: Sql) -> Sql:
         return _sql(f"({c.to_bool(a)} = {c.to_bool(b)})", "BOOL")
     if a.kind == "STR" and b.kind == "STR":
         return _sql(f"({a.text} = {b.text})", "BOOL")
+    if (a.kind == "COLL") != (b.kind == "COLL") and (a.kind in _SCALAR_KINDS or b.kind in _SCALAR_KINDS):
+        # A collection against one scalar (``use = 'official'``): the general form below binds
+        # three lambdas per comparison, which DuckDB pays for when planning every query.
+        coll, one = (a, b) if a.kind == "COLL" else (b, a)
+        right = f"to_json({one.text})"
+        same = (f"CAST({{lst}}[1] AS VARCHAR) = CAST({right} AS VARCHAR)" if one.kind == "STR"
+                else f"fp_eq({{lst}}[1], {right})")
+        return _sql(
+            c.let(coll.text, lambda lst: (
+                f"CASE WHEN len({lst}) = 0 OR {one.text} IS NULL THEN NULL WHEN len({lst}) <> 1 THEN FALSE "
+                f"ELSE {same.format(lst=lst)} END")),
+            "BOOL",
+        )
     if a.kind == "COLL" or b.kind == "COLL":
         x, y = c.to_coll(a), c.to_coll(b)
         i = c.var()
