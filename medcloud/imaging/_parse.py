@@ -246,6 +246,46 @@ def da(value: str | None) -> str | None:
     return s
 
 
+def dt(value: str | None, *, upper: bool = False) -> str | None:
+    """A DICOM DT (``YYYY[MM[DD[HH[MM[SS[.F{1,6}]]]]]][&ZZXX]``) as ``YYYYMMDDHHMMSS.ffffff`` in UTC
+    when it carries an offset (PS3.5 Table 6.2-1), so that date-times compare as strings.
+
+    Missing components are padded with their minimum, or with their maximum when ``upper`` (the
+    span a partial value names: ``2024`` is all of 2024). None if not a valid date-time.
+    """
+    if not value:
+        return None
+    s = value.strip()
+    offset = None
+    for sign in "+-":
+        if sign in s[4:]:
+            s, tz = s[:4] + s[4:].split(sign, 1)[0], s[4:].split(sign, 1)[1]
+            if len(tz) != 4 or not tz.isdigit() or int(tz[:2]) > 14 or int(tz[2:]) > 59:
+                return None
+            offset = (1 if sign == "+" else -1) * (int(tz[:2]) * 60 + int(tz[2:]))
+            break
+    whole, _, frac = s.partition(".")
+    if not whole.isdigit() or len(whole) not in (4, 6, 8, 10, 12, 14) or (frac and (
+            not frac.isdigit() or len(frac) > 6 or len(whole) != 14)):
+        return None
+    filled = whole + ("1231235959"[len(whole) - 4:] if upper else "0101000000"[len(whole) - 4:])
+    if upper and len(whole) == 6:  # the last day of that month
+        import calendar
+
+        filled = whole + f"{calendar.monthrange(int(whole[:4]), int(whole[4:6]))[1]:02d}" + "235959"
+    fraction = (frac + ("9" if upper else "0") * 6)[:6]
+    try:
+        when = datetime.datetime.strptime(filled[:12], "%Y%m%d%H%M")
+    except ValueError:
+        return None
+    seconds = int(filled[12:14])
+    if seconds > 60:
+        return None
+    if offset is not None:
+        when -= datetime.timedelta(minutes=offset)
+    return f"{when:%Y%m%d%H%M}{seconds:02d}.{fraction}"
+
+
 def tm(value: str | None, *, upper: bool = False) -> str | None:
     """A DICOM TM normalised to HHMMSS.ffffff so that times compare as strings.
 

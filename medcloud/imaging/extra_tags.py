@@ -4,7 +4,8 @@ PS3.18 lists the attributes an origin server must match on; sites also search on
 (InstitutionName, StationName, ProtocolName, ...). Each configured tag is indexed per instance in
 ``dicom_extra_index`` (one row per value, so a multi-valued attribute matches when any value does),
 in the same transaction as the instance; a study or series matches when any of its instances does.
-Values are normalised like the built-in keys (DA as YYYYMMDD, TM as HHMMSS.ffffff) so the QIDO
+Values are normalised like the built-in keys (DA as YYYYMMDD, TM as HHMMSS.ffffff, DT as
+YYYYMMDDHHMMSS.ffffff, in UTC when it carries an offset) so the QIDO
 matcher's wildcards, lists and ranges work unchanged. Only plain-valued VRs can be indexed:
 sequences, binary and private attributes are refused when the setting is read.
 """
@@ -18,7 +19,7 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-from medcloud.imaging._parse import da, tm
+from medcloud.imaging._parse import da, dt, tm
 
 MAX_VALUE = 256  # characters kept per value (the index column's width)
 INDEXABLE_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "PN", "SH", "TM", "UI", "SL", "SS",
@@ -90,6 +91,8 @@ def _pairs(tag: str, value: Any) -> list[tuple[str, str]]:
             s = da(s) or ""
         elif kind == "TM":
             s = tm(s) or ""
+        elif kind == "DT":
+            s = dt(s) or ""
         if s:
             out.append((tag, s[:MAX_VALUE]))
     return out

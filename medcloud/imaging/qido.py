@@ -19,7 +19,7 @@ from pydicom.datadict import keyword_for_tag, tag_for_keyword
 from sqlalchemy import ColumnElement, Select, and_, exists, false, func, or_, select, true
 
 from medcloud.errors import Invalid
-from medcloud.imaging._parse import da, tm
+from medcloud.imaging._parse import da, dt, tm
 from medcloud.storage.imaging_schema import (
     dicom_extra_index,
     dicom_instances,
@@ -242,7 +242,7 @@ def _extra_match(tag: str, value: str, level: Level, fuzzy: bool) -> ColumnEleme
 
     x = dicom_extra_index
     kind = vr(tag)
-    attr = Attr(keyword(tag), tag, kind if kind in ("UI", "DA", "TM", "PN") else "LO", "instance", x.c.value)
+    attr = Attr(keyword(tag), tag, kind if kind in ("UI", "DA", "TM", "DT", "PN") else "LO", "instance", x.c.value)
     owner = {"study": x.c.study_pk == ST.c.pk, "series": x.c.series_pk == SE.c.pk,
              "instance": x.c.instance_pk == IN.c.pk}[level]
     return exists(select(x.c.instance_pk).where(owner, x.c.tag == tag, _match(attr, value, fuzzy)))
@@ -257,6 +257,8 @@ def _match(a: Attr, value: str, fuzzy: bool) -> ColumnElement[bool]:
         return a.column.in_(uids)
     if a.vr in ("DA", "TM"):
         return _range(a, value)
+    if a.vr == "DT":
+        return _dt_range(a, value)
     if a.vr in ("IS", "US"):
         try:
             nums = [int(v) for v in value.split(",") if v.strip()]
@@ -295,6 +297,7 @@ def _like(value: str) -> str:
 
 
 _FORMAT = {"DA": "a date YYYYMMDD that exists in the calendar",
+           "DT": "a date-time YYYY[MM[DD[HH[MM[SS[.F{1,6}]]]]]][&ZZXX]",
            "TM": "a time HH[MM[SS[.F{1,6}]]] with HH < 24, MM < 60, SS < 61"}
 
 
@@ -331,6 +334,28 @@ def _range(a: Attr, value: str) -> ColumnElement[bool]:
     if lo is not None and hi is not None and lo > hi:
         raise Invalid(f"{a.keyword}: the range {value!r} ends before it starts")
     return and_(*conds)
+
+
+def _dt_range(a: Attr, value: str) -> ColumnElement[bool]:
+    """DT single value or range (PS3.4 C.2.2.2.5). A value names the span it covers (``2024`` is
+    all of 2024); offsets are converted to UTC like the stored values. ``-`` separates a range and
+    also signs an offset (``&ZZXX``), so the split is the one that leaves a valid DT (or nothing)
+    on both sides."""
+    if dt(value) is not None:
+        lo, hi = dt(value), dt(value, upper=True)
+        return and_(a.column >= lo, a.column <= hi)
+    for i, ch in enumerate(value):
+        if ch != "-":
+            continue
+        lo_s, hi_s = value[:i], value[i + 1:]
+        lo = dt(lo_s) if lo_s else None
+        hi = dt(hi_s, upper=True) if hi_s else None
+        if (lo_s and lo is None) or (hi_s and hi is None) or not (lo_s or hi_s):
+            continue
+        if lo is not None and hi is not None and lo > hi:
+            raise Invalid(f"{a.keyword}: the range {value!r} ends before it starts")
+        return and_(*([a.column >= lo] if lo else []), *([a.column <= hi] if hi else []))
+    raise _invalid(a, value)
 
 
 def retrieve_url(base: str, level: Level, row: Any) -> str:

@@ -13,6 +13,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from medcloud.config import Settings
+from medcloud.errors import Invalid
 from medcloud.imaging import qido
 from medcloud.imaging.archive import Archive
 from medcloud.imaging.dimse import find
@@ -77,6 +78,33 @@ def test_extra_keys_match_at_every_level_with_wildcards_lists_and_ranges(extra: 
     assert inst[0][STATION]["Value"] == ["CT02"]
     # combined with a built-in key
     assert _uids(_studies(extra, InstitutionName="General*", PatientID="nobody")) == set()
+
+
+ACQ_DATETIME = "0008002A"
+
+
+def test_date_time_keys_match_spans_ranges_and_offsets(archive: Archive) -> None:
+    """DT (PS3.4 C.2.2.2.5): a partial value is the span it names, ranges are inclusive, offsets are
+    compared in UTC, and '-' as an offset sign is not taken for the range separator."""
+    archive.config = dataclasses.replace(archive.config, extra_tags=(ACQ_DATETIME,))
+    st1, st2, st3 = generate_uid(), generate_uid(), generate_uid()
+    assert all(r.stored for r in archive.store_many([
+        _with(instance(study=st1), AcquisitionDateTime="20240301101530.25"),
+        _with(instance(study=st2), AcquisitionDateTime="20240301233000+0200"),  # 21:30 UTC
+        _with(instance(study=st3), AcquisitionDateTime="20231231"),
+    ]))
+    assert _uids(_studies(archive, AcquisitionDateTime="20240301")) == {st1, st2}
+    assert _uids(_studies(archive, AcquisitionDateTime="2023")) == {st3}
+    assert _uids(_studies(archive, AcquisitionDateTime="2024030110")) == {st1}
+    assert _uids(_studies(archive, AcquisitionDateTime="20240301200000-20240301220000")) == {st2}
+    assert _uids(_studies(archive, AcquisitionDateTime="-202312")) == {st3}
+    assert _uids(_studies(archive, AcquisitionDateTime="20240301220000+0000-")) == set()
+    # 21:30 UTC is 16:30 at -0500: the '-' of the offset is not the range separator
+    assert _uids(_studies(archive, AcquisitionDateTime="202403011630-0500")) == {st2}
+    assert _uids(_studies(archive, AcquisitionDateTime="202403011600-0500-202403011700-0500")) == {st2}
+    for bad in ("20241301", "2024030125", "20240301-20230101", "abc"):
+        with pytest.raises(Invalid):
+            _studies(archive, AcquisitionDateTime=bad)
 
 
 def test_unconfigured_keys_are_ignored_with_a_warning(archive: Archive) -> None:
