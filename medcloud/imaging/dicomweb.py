@@ -226,6 +226,8 @@ class _DicomWeb:
         return await self.retrieve(request, study)
 
     async def stow(self, request: Request, study: str | None) -> Response:
+        # The response type is settled before anything is stored: a 406 must not follow a store.
+        media = _json_or_xml(request, "a STOW-RS response", multipart=False)
         ctype, params = media_type(request.headers.get("content-type", ""))
         if ctype != "multipart/related":
             raise UnsupportedMedia(f"STOW-RS needs multipart/related; type=\"application/dicom\", got {ctype!r}")
@@ -250,12 +252,13 @@ class _DicomWeb:
         stored = await run_in_threadpool(self._store, [d for n, d in enumerate(datas) if n not in rejected], study)
         it = iter(stored)
         results = [rejected[n] if n in rejected else next(it) for n in range(len(datas))]
-        return self._stow_response(request, results, study)
+        return self._stow_response(request, results, study, media)
 
     def _store(self, datas: list[bytes], study: str | None) -> list[StoreResult]:
         return self.writer.store_many(datas, study_uid=study) if datas else []
 
-    def _stow_response(self, request: Request, results: list[StoreResult], study: str | None) -> Response:
+    def _stow_response(self, request: Request, results: list[StoreResult], study: str | None,
+                       media: str = DICOM_JSON) -> Response:
         base = self.base(request)
         ok, failed = [], []
         for r in results:
@@ -289,6 +292,8 @@ class _DicomWeb:
         # PS3.18 §10.5.3: 200 all stored, 202 some failed or warnings, 409 none stored.
         warned = any(r.warnings for r in results if r.stored)
         code = 409 if not ok else 202 if failed or warned else 200
+        if media == DICOM_XML:
+            return Response(native_model.to_xml(out), status_code=code, media_type=DICOM_XML)
         return Response(orjson.dumps(out), status_code=code, media_type=DICOM_JSON)
 
     # -- QIDO-RS (PS3.18 §10.6) ----------------------------------------------------------------
@@ -373,13 +378,18 @@ class _DicomWeb:
             "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'})
 
     async def metadata(self, request: Request) -> Response:
-        _accept(request, (DICOM_JSON, "application/json"))
+        xml = _json_or_xml(request, "WADO-RS metadata") == DICOM_XML
         p = request.path_params
         objs = await run_in_threadpool(self.archive.metadata, p["study"], p.get("series"), p.get("instance"))
         base = self.base(request).encode()
         marker = b'"BulkDataURI":"'
         body = b"[" + b",".join(objs) + b"]"
         body = body.replace(marker, marker + base + b"/")
+        if xml:  # one NativeDicomModel document per instance (PS3.18 §10.4.3.3)
+            boundary = new_boundary()
+            parts = native_model.multipart_parts(orjson.loads(body))
+            return Response(b"".join(write_related(parts, boundary)),
+                            headers={"Content-Type": f'multipart/related; type="{DICOM_XML}"; boundary={boundary}'})
         return Response(body, media_type=DICOM_JSON)
 
     async def frames(self, request: Request) -> Response:
@@ -535,16 +545,27 @@ def _render_params(request: Request, default_viewport: tuple[int, int] | None
 
 def _qido_media(request: Request) -> str:
     """QIDO-RS response type (PS3.18 §10.6.4): DICOM JSON (default) or multipart DICOM XML; else 406."""
+    return _json_or_xml(request, "QIDO-RS")
+
+
+def _json_or_xml(request: Request, what: str, *, multipart: bool = True) -> str:
+    """DICOM JSON (the default) or DICOM XML by the Accept header; else 406. XML comes as
+    ``multipart/related; type="application/dicom+xml"`` (one document per object: QIDO-RS results,
+    WADO-RS metadata) or, for a single data set (``multipart=False``: the STOW-RS response), as
+    ``application/dicom+xml`` itself."""
     accepts = _accepts(request)
     if not accepts:
         return DICOM_JSON
     for mt, params in accepts:
         if mt in (DICOM_JSON, "application/json", "*/*", "application/*"):
             return DICOM_JSON
-        if mt in ("multipart/related", "multipart/*") and params.get("type", DICOM_XML).lower() == DICOM_XML:
+        if multipart and mt in ("multipart/related", "multipart/*") and \
+                params.get("type", DICOM_XML).lower() == DICOM_XML:
             return DICOM_XML
-    raise NotAcceptable(f"cannot produce {request.headers.get('accept')!r}; QIDO-RS answers {DICOM_JSON} "
-                        f'or multipart/related; type="{DICOM_XML}"')
+        if not multipart and mt == DICOM_XML:
+            return DICOM_XML
+    xml = f'multipart/related; type="{DICOM_XML}"' if multipart else DICOM_XML
+    raise NotAcceptable(f"cannot produce {request.headers.get('accept')!r}; {what} answers {DICOM_JSON} or {xml}")
 
 
 def _rendered_multipart_media(request: Request) -> str:

@@ -281,3 +281,34 @@ def test_wrong_method_on_a_known_path_is_json_405_with_allow(dw) -> None:
     assert r.headers["content-type"] == "application/json"
     assert set(r.headers["allow"].split(", ")) == {"GET", "HEAD", "POST"}
     assert r.json()["status"] == 405
+
+
+def test_wado_metadata_xml_has_every_json_attribute_with_the_same_values(dw, stored) -> None:
+    """WADO-RS metadata as multipart DICOM XML (PS3.18 §10.4.3.3): one document per instance, the same
+    attributes as the JSON, BulkData URIs included."""
+    st_uid, se = stored
+    for path in (f"/dicomweb/studies/{st_uid}/metadata", f"/dicomweb/studies/{st_uid}/series/{se}/metadata"):
+        as_json = dw.get(path, headers={"Accept": "application/dicom+json"})
+        as_xml = dw.get(path, headers={"Accept": XML_ACCEPT})
+        assert as_json.status_code == as_xml.status_code == 200
+        docs = _xml_parts(as_xml)
+        assert len(docs) == len(as_json.json()) == 2
+        for doc, obj in zip(docs, as_json.json(), strict=True):
+            assert from_xml(doc) == _normal(obj)
+    assert dw.get(f"/dicomweb/studies/{st_uid}/metadata", headers={"Accept": "text/html"}).status_code == 406
+
+
+def test_stow_response_in_xml_on_request_and_406_before_storing(dw) -> None:
+    st_uid = generate_uid()
+    good, bad = instance(study=st_uid), b"not dicom at all"
+    r = stow(dw, [good, bad], headers={"Accept": "application/dicom+xml"})
+    assert r.status_code == 202 and r.headers["content-type"].startswith("application/dicom+xml")
+    doc = from_xml(r.content)
+    assert len(doc["00081199"]["Value"]) == 1 and len(doc["00081198"]["Value"]) == 1  # stored / failed
+    as_json = stow(dw, [bad]).json()  # the same failure, as JSON
+    assert doc["00081198"]["Value"][0]["00081197"] == as_json["00081198"]["Value"][0]["00081197"]
+    # an Accept the server cannot answer is refused before anything is stored
+    other = generate_uid()
+    r = stow(dw, [instance(study=other)], headers={"Accept": "text/html"})
+    assert r.status_code == 406
+    assert dw.get(f"/dicomweb/studies?StudyInstanceUID={other}").json() == []
