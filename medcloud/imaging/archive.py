@@ -436,27 +436,32 @@ class Archive:
     def mark_stable(self) -> list[str]:
         """Mark studies with no store for ``stable_after_seconds`` as stable; fire ``on_stable``.
 
-        Call it periodically (the app's job worker idle hook). Each study fires once per quiet
-        period: any later store or delete clears the mark, and it fires again when quiet again.
+        Call it periodically (the app's job worker idle hook). Any later store or delete clears the
+        mark, and the study fires again when quiet again.
+
+        Delivery is at least once: the hooks run *before* the mark is written, so a process killed
+        in between leaves the study unmarked and it fires again on the next call (here or on another
+        replica); subscribers must be idempotent (the AI reads enqueue jobs with deterministic ids).
+        The other order lost that study's event for good. Two replicas may both fire a study once.
         """
         now = self.clock()
         cutoff = now - int(self.config.stable_after_seconds * 1_000_000)
         st = dicom_studies
         due = select(st.c.pk, st.c.study_uid).where(st.c.stable_at.is_(None), st.c.updated <= cutoff)
         with self.db.read() as conn:  # the common case, nothing due, takes no write lock
-            if conn.execute(due.limit(1)).first() is None:
-                return []
-        with self.db.write() as conn:
             rows = conn.execute(due.order_by(st.c.updated).limit(1000)).all()
-            if rows:
-                conn.execute(update(st).where(st.c.pk.in_([r.pk for r in rows])).values(stable_at=now))
+        if not rows:
+            return []
         uids = [r.study_uid for r in rows]
-        if uids:
-            for hook in self.on_stable:
-                try:
-                    hook(uids)
-                except Exception:  # noqa: BLE001 - a subscriber's failure must not stop the others
-                    log.exception("study-stable hook failed for %d studies", len(uids))
+        for hook in self.on_stable:
+            try:
+                hook(uids)
+            except Exception:  # noqa: BLE001 - a subscriber's failure must not stop the others
+                log.exception("study-stable hook failed for %d studies", len(uids))
+        with self.db.write() as conn:
+            # a study stored to meanwhile is not marked: it fires again once quiet
+            conn.execute(update(st).where(st.c.pk.in_([r.pk for r in rows]), st.c.stable_at.is_(None),
+                                          st.c.updated <= cutoff).values(stable_at=now))
         return uids
 
     def _notify(self, studies: set[str]) -> None:

@@ -234,6 +234,44 @@ def test_study_becomes_stable_after_the_quiet_period_and_again_after_changes(arc
     assert fired == [[st], [st]]
 
 
+def test_a_stable_event_is_not_lost_when_the_process_dies_while_delivering_it(archive: Archive) -> None:
+    """The mark is written after the hooks ran: killed in between, the study fires again next time."""
+    now = [1_000_000_000_000]
+    archive.clock = lambda: now[0]
+
+    class Killed(BaseException):  # what a kill -9 looks like to the code after it: nothing runs
+        pass
+
+    def dies(uids: list[str]) -> None:
+        raise Killed
+
+    st = generate_uid()
+    archive.store(instance(study=st))
+    now[0] += 5_000_000
+    archive.on_stable.append(dies)
+    with pytest.raises(Killed):
+        archive.mark_stable()
+    archive.on_stable.remove(dies)
+    fired: list[list[str]] = []
+    archive.on_stable.append(fired.append)
+    assert archive.mark_stable() == [st] and fired == [[st]]  # delivered after the "restart"
+    assert archive.mark_stable() == []
+
+
+def test_a_study_stored_to_while_its_event_is_delivered_fires_again_when_quiet(archive: Archive) -> None:
+    now = [1_000_000_000_000]
+    archive.clock = lambda: now[0]
+    st = generate_uid()
+    archive.store(instance(study=st))
+    now[0] += 5_000_000
+    archive.on_stable.append(lambda uids: archive.store(instance(study=st)))  # a new image meanwhile
+    assert archive.mark_stable() == [st]
+    archive.on_stable.clear()
+    assert archive.mark_stable() == []  # not quiet: the late image restarted the quiet period
+    now[0] += 5_000_000
+    assert archive.mark_stable() == [st]
+
+
 def test_one_failing_instance_first_in_a_batch_fails_alone(archive: Archive, monkeypatch: pytest.MonkeyPatch) -> None:
     # The batch is first tried in one transaction without savepoints; the failure rolls it back
     # and the retry with a savepoint per instance stores the rest.
