@@ -13,8 +13,9 @@ averages the per-image probabilities (``runtime.aggregate``) and writes, in this
 1. a Comprehensive SR and a Secondary Capture heatmap into the study through ``Archive.store_many``
    (the normal store path: QIDO and the ImagingStudy see them), skipping any already stored;
 2. ONE FHIR transaction (through the router, so validated, indexed and audited as ``system``):
-   the Device (model name + version), an Observation per class probability and the
-   DiagnosticReport (``preliminary``), all PUT to ids derived from (study, model version).
+   the Device (model name + version), an Observation per class probability, a Media with the
+   heatmap as a PNG (the explanation, readable without a DICOM viewer; ``DiagnosticReport.media``)
+   and the DiagnosticReport (``preliminary``), all PUT to ids derived from (study, model version).
 
 Both steps are idempotent, so a job retried after a crash or a lost lease, at any point, ends with
 exactly one set of outputs. Nothing in the FHIR part is half-written (one transaction); the two
@@ -23,6 +24,7 @@ DICOM instances go in one archive transaction.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 import time
@@ -182,18 +184,21 @@ class Reads:
         now = time.gmtime(self.fhir.clock() / 1_000_000)
         stamp = (time.strftime("%Y%m%d", now), time.strftime("%H%M%S", now))
         sr = dicom_out.structured_report(read, header, stamp)
-        sc = dicom_out.secondary_capture(read, header, overlay(frame, heat), stamp)
+        picture = overlay(frame, heat)
+        sc = dicom_out.secondary_capture(read, header, picture, stamp)
         self._store(study_uid, {read.uid("sr"): sr, read.uid("sc"): sc})
         control.checkpoint()
         summary = self.archive.study_summary(study_uid)
         patient = (summary or {}).get("patient_fhir_id") or req.get("patient")
         if not patient:
             raise MedcloudError(f"study {study_uid} is not linked to a FHIR Patient yet")
-        ids = self._write_fhir(read, patient, (summary or {}).get("fhir_id"), time.strftime("%Y-%m-%dT%H:%M:%SZ", now))
+        ids = self._write_fhir(read, patient, (summary or {}).get("fhir_id"), time.strftime("%Y-%m-%dT%H:%M:%SZ", now),
+                               heatmap_png(picture))
         return {"study": study_uid, "model": name, "version": version, "label": read.label,
                 "probabilities": dict(zip(read.labels, read.probabilities, strict=True)),
                 "images": len(used), "skipped": skipped, "report": f"DiagnosticReport/{ids['report']}",
                 "device": f"Device/{ids['device']}", "observations": [f"Observation/{o}" for o in ids["observations"]],
+                "media": f"Media/{ids['media']}",
                 "sr": read.uid("sr"), "heatmap": read.uid("sc"), "patient": patient}
 
     def _store(self, study_uid: str, instances: dict[str, bytes]) -> None:
@@ -208,22 +213,41 @@ class Reads:
                 raise MedcloudError(f"storing AI output {result.sop_instance_uid} failed: "
                                     f"0x{result.status:04X} {result.reason}")
 
-    def _write_fhir(self, read: Read, patient: str, imaging_study: str | None, when: str) -> dict[str, Any]:
+    def _write_fhir(self, read: Read, patient: str, imaging_study: str | None, when: str,
+                    heatmap: bytes) -> dict[str, Any]:
         base = _id("ai", read.study_uid, read.model, read.version)
         device_id = _id("ai-device", read.model, read.version)
         obs_ids = [f"{base}-p{i}" for i in range(len(read.labels))]
-        bundle = report_bundle(read, patient, imaging_study, when, base, device_id, obs_ids)
+        bundle = report_bundle(read, patient, imaging_study, when, base, device_id, obs_ids, heatmap)
         if router.handle(self.fhir, FhirRequest("GET", f"Device/{device_id}")).status == 200:
             bundle["entry"] = bundle["entry"][1:]  # the model's Device is written once, not a version per read
         resp = router.handle(self.fhir, FhirRequest("POST", "", body=bundle, content_type="application/fhir+json"))
         if resp.status >= 300:
             raise MedcloudError(f"the FHIR transaction of the read answered {resp.status}: {resp.resource}")
-        return {"report": base, "device": device_id, "observations": obs_ids}
+        return {"report": base, "device": device_id, "observations": obs_ids, "media": f"{base}-heatmap"}
+
+
+HEATMAP_MAX_SIDE = 384  # px: the FHIR copy is a preview; the full-size heatmap is the DICOM SC
+
+
+def heatmap_png(picture: np.ndarray) -> bytes:
+    """The overlay as a PNG no larger than ``HEATMAP_MAX_SIDE`` on its longer side."""
+    from PIL import Image
+
+    from medcloud.ai.runtime import png
+
+    h, w = picture.shape[:2]
+    if max(h, w) > HEATMAP_MAX_SIDE:
+        scale = HEATMAP_MAX_SIDE / max(h, w)
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        picture = np.asarray(Image.fromarray(picture, mode="RGB").resize(size, Image.Resampling.LANCZOS))
+    return png(picture)
 
 
 def report_bundle(read: Read, patient: str, imaging_study: str | None, when: str, report_id: str,
-                  device_id: str, obs_ids: list[str]) -> dict[str, Any]:
-    """The transaction Bundle: Device, one Observation per class probability, the DiagnosticReport."""
+                  device_id: str, obs_ids: list[str], heatmap: bytes | None = None) -> dict[str, Any]:
+    """The transaction Bundle: Device, one Observation per class probability, the heatmap as a Media
+    (the explanation, readable without a DICOM viewer), the DiagnosticReport linking them."""
     subject = {"reference": f"Patient/{patient}"}
     device_ref = {"reference": f"Device/{device_id}", "display": f"{read.model} {read.version}"}
     study_ref = [{"reference": f"ImagingStudy/{imaging_study}"}] if imaging_study else []
@@ -251,6 +275,23 @@ def report_bundle(read: Read, patient: str, imaging_study: str | None, when: str
         }))
     label = read.label
     p_top = read.probabilities[read.labels.index(label)]
+    explained = (f"Occlusion sensitivity for {label}: the brighter (red) a region, the more hiding it lowers "
+                 f"the model's probability of {label}. Image: series {read.explained.series_uid}, instance "
+                 f"{read.explained.sop_uid}.")
+    media_links: list[dict[str, Any]] = []
+    if heatmap is not None:
+        media_id = f"{report_id}-heatmap"
+        entries.append(_put({
+            "resourceType": "Media", "id": media_id, "status": "completed",
+            "identifier": [{"system": "urn:dicom:uid", "value": f"urn:oid:{read.uid('sc')}"}],
+            "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/media-type", "code": "image",
+                                 "display": "Image"}]},
+            "subject": subject, "createdDateTime": when, "issued": when, "device": device_ref,
+            "content": {"contentType": "image/png", "data": base64.b64encode(heatmap).decode("ascii"),
+                        "title": f"AI heatmap: {label} ({read.model} {read.version})"},
+            "note": [{"text": explained}],
+        }))
+        media_links.append({"comment": explained, "link": {"reference": f"Media/{media_id}"}})
     report = {
         "resourceType": "DiagnosticReport", "id": report_id, "status": "preliminary",
         "extension": [{"url": DEVICE_EXTENSION, "valueReference": device_ref}],
@@ -261,6 +302,7 @@ def report_bundle(read: Read, patient: str, imaging_study: str | None, when: str
         "subject": subject, "effectiveDateTime": when, "issued": when,
         "result": [{"reference": f"Observation/{o}"} for o in obs_ids],
         "imagingStudy": study_ref,
+        **({"media": media_links} if media_links else {}),
         "conclusion": (f"{label} (probability {p_top:.2f}) by AI model {read.model} {read.version}, mean over "
                        f"{len(read.inputs)} image(s). Computer-generated and preliminary: not reviewed by a clinician."),
         "conclusionCode": [{"coding": [{"system": f"{SYSTEM}:{read.model}", "code": label, "display": label}],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import subprocess
 import sys
 import textwrap
@@ -90,9 +92,19 @@ def test_a_stable_study_gets_a_report_observations_device_sr_and_heatmap(app_cli
     assert all(o["derivedFrom"] == [{"reference": f"ImagingStudy/{study}"}] for o in obs)
     device = app_client.get(f"/fhir/{device_ref}").json()
     assert device["deviceName"][0]["name"] == "tiny-ct" and device["version"][0]["value"] == "1"
+    # the explanation in FHIR: a Media with the heatmap PNG, linked from the report
+    assert [m["link"]["reference"] for m in dr["media"]] == [result["media"]]
+    assert result["label"] in dr["media"][0]["comment"]
+    media = app_client.get(f"/fhir/{result['media']}").json()
+    assert media["subject"] == {"reference": f"Patient/{patient}"} and media["content"]["contentType"] == "image/png"
+    assert media["identifier"][0]["value"] == f"urn:oid:{result['heatmap']}"  # the DICOM SC of the same heatmap
+    from PIL import Image
+
+    picture = Image.open(io.BytesIO(base64.b64decode(media["content"]["data"])))
+    assert picture.mode == "RGB" and max(picture.size) <= 384
     everything = app_client.get(f"/fhir/Patient/{patient}/$everything").json()
     types = {e["resource"]["resourceType"] for e in everything["entry"]}
-    assert {"DiagnosticReport", "Observation", "ImagingStudy"} <= types
+    assert {"DiagnosticReport", "Observation", "ImagingStudy", "Media"} <= types
 
     instances = app_client.get(f"/dicomweb/studies/{study}/instances").json()
     classes = sorted(i["00080016"]["Value"][0] for i in instances)
