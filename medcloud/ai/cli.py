@@ -184,6 +184,46 @@ def jobs(
     Console(width=200).print(table)
 
 
+@app.command("read")
+def read(
+    study: Annotated[str, typer.Argument(help="StudyInstanceUID of a stored study.")],
+    model: Annotated[str | None, typer.Option("--model", help="Only this model (default: every active "
+                                                              "image model that applies).")] = None,
+    data_dir: DataDir = None,
+    db: DbUrl = None,
+) -> None:
+    """Ask for a read of one study now, without waiting for it to become stable. The job runs in the
+    server's workers (or `medcloud worker`); `medcloud ai jobs` shows it. Asking again for the same
+    images and model version is the same job."""
+    from medcloud.app import build_services
+    from medcloud.config import Settings
+    from medcloud.errors import MedcloudError
+
+    try:
+        settings = Settings().with_overrides(data_dir=data_dir, db=db)
+    except Exception as e:  # pydantic ValidationError: bad env/toml/flag values
+        out.print(f"[red]invalid configuration:[/red] {e}")
+        raise typer.Exit(2) from e
+    svc = build_services(settings)
+    try:
+        if svc.ai_reads is None:
+            out.print("[red]AI reads need the imaging archive, which is off in this configuration[/red]")
+            raise typer.Exit(2)
+        try:
+            requested = svc.ai_reads.request(study, model)
+        except MedcloudError as e:
+            out.print(f"[red]{e.message}[/red]")
+            raise typer.Exit(1) from e
+    finally:
+        svc.close()
+    if not requested:
+        out.print(f"[red]no active image model applies to study {study}[/red]" if model is None else
+                  f"[red]model {model!r} is not active or does not apply to study {study}[/red]")
+        raise typer.Exit(1)
+    for jid, created in requested:
+        out.print(f"{jid} {'queued' if created else 'already requested'}")
+
+
 @app.command("train")
 def train(
     recipe: Annotated[str, typer.Option("--recipe", help="brain-mri or pneumonia.")],

@@ -1,4 +1,5 @@
-"""HTTP edge of the model registry (``GET/POST /ai/models``, ``GET /ai/models/{name}``) and ``GET /ai/jobs``.
+"""HTTP edge of the model registry (``GET/POST /ai/models``, ``GET /ai/models/{name}``) and of the
+reads (``GET /ai/jobs``; ``POST /ai/jobs`` asks for a read of one study now).
 
 Every route needs a token (default deny, app.py ``PUBLIC_ROUTES``); listing needs no particular
 scope (manifests hold no patient data), registering needs ``medcloud/admin``. The body of a POST
@@ -20,13 +21,14 @@ from starlette.routing import Route
 
 from medcloud.ai import package as packages
 from medcloud.ai.registry import Registry
-from medcloud.errors import Forbidden, Invalid, MedcloudError, NotFound, TooLarge, Unauthorized
+from medcloud.errors import Forbidden, Invalid, MedcloudError, NotFound, TooLarge, Unauthorized, Unprocessable
 from medcloud.fhir.exchange import STATUS_BY_CATEGORY, Principal, operation_outcome
 from medcloud.security.audit import AuditRecord
 from medcloud.security.http import EdgeAuth, unauthorized_response
 from medcloud.security.scopes import is_admin
 
 if TYPE_CHECKING:
+    from medcloud.ai.reads import Reads
     from medcloud.app import Services
     from medcloud.fhir.context import FhirContext
     from medcloud.jobs import Job
@@ -37,19 +39,20 @@ _JSON = "application/json"
 
 
 def routes(svc: Services) -> list[Route]:
-    edge = _Edge(Registry(svc.db), EdgeAuth.of(svc.fhir), svc.fhir)
+    edge = _Edge(Registry(svc.db), EdgeAuth.of(svc.fhir), svc.fhir, svc.ai_reads)
     return [
         Route("/ai/models", edge.wrap(edge.collection), methods=["GET", "POST"]),
         Route("/ai/models/{name}", edge.wrap(edge.model), methods=["GET"]),
-        Route("/ai/jobs", edge.wrap(edge.jobs), methods=["GET"]),
+        Route("/ai/jobs", edge.wrap(edge.jobs), methods=["GET", "POST"]),
     ]
 
 
 class _Edge:
-    def __init__(self, registry: Registry, auth: EdgeAuth, ctx: FhirContext):
+    def __init__(self, registry: Registry, auth: EdgeAuth, ctx: FhirContext, reads: Reads | None = None):
         self.registry = registry
         self.auth = auth
         self.ctx = ctx
+        self.reads = reads
 
     def wrap(self, fn: Any) -> Any:
         async def endpoint(request: Request) -> Response:
@@ -110,6 +113,8 @@ class _Edge:
         from medcloud.jobs import JobQueue
 
         principal = await self.auth.principal(request)
+        if request.method == "POST":
+            return await self._request_read(request, principal)
         if not self.ctx.guard.policy.may(principal, "search-type", "DiagnosticReport"):
             raise Forbidden("listing AI jobs needs read access to DiagnosticReport (e.g. user/DiagnosticReport.rs)")
         status = request.query_params.get("status")
@@ -117,6 +122,56 @@ class _Edge:
         visible = visible_jobs(self.ctx.guard, principal, found)
         await run_in_threadpool(self._audit_search, principal, len(visible))
         return _json({"jobs": [job_json(j) for j in visible]})
+
+    async def _request_read(self, request: Request, principal: Principal) -> Response:
+        """``POST /ai/jobs`` ``{"study": UID, "model": NAME?}``: a read of a study now (the automatic
+        read waits for the study to become stable). Needs read access to the study's ImagingStudy and
+        create access to DiagnosticReport for its patient (the read writes one). 202 with the new
+        jobs; 200 when every applicable model already has a job for these images (the same job)."""
+        if self.reads is None:
+            raise NotFound("AI reads are not enabled on this server (no imaging archive)")
+        try:
+            doc = orjson.loads(await request.body())
+        except orjson.JSONDecodeError as e:
+            raise Invalid(f"the body must be JSON: {e}") from e
+        if not isinstance(doc, dict) or not isinstance(doc.get("study"), str) or not doc["study"]:
+            raise Invalid('send {"study": "<StudyInstanceUID>", "model": "<name>" (optional)}')
+        model = doc.get("model")
+        if model is not None and not isinstance(model, str):
+            raise Invalid("model must be a model name")
+        study: str = doc["study"]
+        reads = self.reads
+        from medcloud.imaging.access import ImagingAccess
+
+        def run() -> list[tuple[str, bool]]:
+            ImagingAccess(self.ctx).check_study(principal, study)  # 404 as if unknown
+            summary = reads.archive.study_summary(study)
+            if summary is None:
+                raise NotFound(f"study {study} is not known")
+            patient = summary.get("patient_fhir_id")
+            report = {"resourceType": "DiagnosticReport",
+                      **({"subject": {"reference": f"Patient/{patient}"}} if patient else {})}
+            if not self.ctx.guard.policy.may_write(principal, "DiagnosticReport", report):
+                # the study is visible to this principal, so saying why reveals nothing new
+                raise Forbidden("a read writes a DiagnosticReport: it needs create access to DiagnosticReport "
+                                "for the study's patient (e.g. user/DiagnosticReport.c)")
+            return reads.request(study, model)
+
+        try:
+            requested = await run_in_threadpool(run)
+        except MedcloudError as e:
+            await run_in_threadpool(self._audit, principal, f"AIJob?study={study}", STATUS_BY_CATEGORY.get(e.category, 500))
+            raise
+        if not requested:
+            raise Unprocessable(f"no active image model applies to study {study}" if model is None else
+                                f"model {model!r} is not active or does not apply to study {study}")
+        from medcloud.jobs import JobQueue
+
+        queue = JobQueue(self.ctx.db)
+        found = [j for j in (await run_in_threadpool(lambda: [queue.get(jid) for jid, _ in requested])) if j]
+        status = 202 if any(created for _, created in requested) else 200
+        await run_in_threadpool(self._audit, principal, f"AIJob?study={study}", status)
+        return _json({"jobs": [job_json(j) for j in found]}, status=status)
 
     def _audit_search(self, principal: Principal, count: int) -> None:
         self.ctx.guard.record(AuditRecord(recorded=self.ctx.clock(), interaction="search-type", who=principal.subject,

@@ -82,17 +82,27 @@ class Reads:
         for uid in studies:
             try:
                 self.enqueue(uid)
+            except NotFound:  # deleted since it became stable
+                continue
             except Exception:  # noqa: BLE001 - one study must not stop the others
                 log.exception("could not enqueue AI reads for study %s", uid)
 
     def enqueue(self, study_uid: str) -> list[str]:
         """Enqueue a read of the study by every applicable active image model; returns new job ids."""
+        return [jid for jid, created in self.request(study_uid) if created]
+
+    def request(self, study_uid: str, model: str | None = None) -> list[tuple[str, bool]]:
+        """The read jobs of the study by every applicable active image model (or only ``model``):
+        ``(job id, created)`` per model; a read of the same images by the same model version is
+        the job that already exists (``created`` False). An unknown study is NotFound."""
         summary = self.archive.study_summary(study_uid)
         if summary is None:
-            return []
+            raise NotFound(f"study {study_uid} is not stored")
         candidates = _candidates(summary)
-        new = []
+        out: list[tuple[str, bool]] = []
         for name, version, manifest in self._active_image_models():
+            if model is not None and name != model:
+                continue
             chosen = [c for c in candidates if applies(manifest.applies_to, c)]
             if not chosen:
                 continue
@@ -102,16 +112,17 @@ class Reads:
                        "instances": [[c.series_uid, c.sop_uid, c.sop_class_uid] for c in chosen]}
             jid = "ai-read-" + key[:48]
             if self.queue.get(jid) is not None:
+                out.append((jid, False))
                 continue
             try:
                 self.queue.enqueue(KIND, request, owner=summary.get("patient_fhir_id"), job_id=jid)
-                new.append(jid)
+                out.append((jid, True))
             except IntegrityError:  # another replica enqueued the same read first
-                continue
-        if new:
+                out.append((jid, False))
+        if any(created for _, created in out):
             for wake in list(self.wakers):
                 wake()
-        return new
+        return out
 
     def _active_image_models(self) -> list[tuple[str, str, Manifest]]:
         out = []

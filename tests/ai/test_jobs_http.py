@@ -51,3 +51,35 @@ def test_a_patient_context_sees_only_its_own_patients_jobs(oauth_services) -> No
     assert visible_jobs(guard, narrowed, jobs) == []  # a restricted grant cannot vouch for a job
     everyone = Principal(subject="app", scopes=("user/DiagnosticReport.rs",))
     assert len(visible_jobs(guard, everyone, jobs)) == 2
+
+
+def test_a_read_on_demand_needs_the_study_and_report_write_access(web, make_client, oauth_services) -> None:
+    """``POST /ai/jobs``: no token 401; a token that cannot see the study 404 (as if unknown); one that
+    sees it but may not create DiagnosticReport 403; both 202."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    sys.path.insert(0, str(Path(__file__).parent.parent / "imaging"))
+    from _factory import instance
+    from _tiny import SIZE, tiny_package
+    from pydicom.uid import generate_uid
+
+    from medcloud.ai.registry import Registry
+
+    Registry(oauth_services.db).register(tiny_package(), activate=True)
+    study = generate_uid()
+    stored = oauth_services.imaging.store_many(
+        [instance(study=study, instance_number=i + 1, rows=SIZE, columns=SIZE, modality="CT", patient_id="OD-1")
+         for i in range(2)])
+    assert all(r.stored for r in stored)
+    body = {"study": study}
+    assert web.post("/ai/jobs", json=body).status_code == 401
+    r = web.post("/ai/jobs", json=body, headers=_token(web, make_client, "system/DiagnosticReport.cu"))
+    assert r.status_code == 404  # cannot read the ImagingStudy: the study does not exist for it
+    r = web.post("/ai/jobs", json=body, headers=_token(web, make_client, "system/ImagingStudy.rs"))
+    assert r.status_code == 403 and "DiagnosticReport" in r.text
+    r = web.post("/ai/jobs", json=body,
+                 headers=_token(web, make_client, "system/ImagingStudy.rs system/DiagnosticReport.cu"))
+    assert r.status_code in (200, 202), r.text  # 200 if the app's worker had enqueued it already
+    assert [j["study"] for j in r.json()["jobs"]] == [study]

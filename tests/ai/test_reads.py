@@ -257,6 +257,25 @@ def test_cli_lists_jobs_with_their_outcome(app_client: TestClient, services: Ser
     assert json.loads(none.stdout) == []
 
 
+def test_cli_asks_for_a_read_now(app_client: TestClient, services: Services, settings: Settings) -> None:
+    from typer.testing import CliRunner
+
+    from medcloud.cli import app
+
+    assert services.imaging is not None
+    services.imaging.config = ArchiveConfig(stable_after_seconds=3600)
+    study = _study(app_client, n=1)
+    args = ["ai", "read", study, "--data-dir", str(settings.data_dir), "--db", settings.db_url]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0 and "queued" in first.output, first.output
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0 and "already requested" in again.output, again.output
+    assert len(JobQueue(services.db).recent([KIND])) == 1
+    unknown = CliRunner().invoke(app, ["ai", "read", "1.2.3.4", "--data-dir", str(settings.data_dir),
+                                       "--db", settings.db_url])
+    assert unknown.exit_code == 1 and "not stored" in unknown.output
+
+
 @pytest.mark.parametrize("backend", ["postgres"], indirect=True)
 def test_medcloud_worker_processes_run_each_read_once(services: Services, settings: Settings) -> None:
     """``medcloud worker -n 2`` (no HTTP) against PostgreSQL: every read runs once, by one process."""
@@ -315,3 +334,28 @@ def test_the_apps_own_worker_reads_a_stowed_study_without_help(settings: Setting
             time.sleep(0.1)
         reports = _search(client, "DiagnosticReport")
     assert [r["imagingStudy"][0]["reference"] for r in reports] == [f"ImagingStudy/{study}"]
+
+
+def test_a_read_on_demand_before_the_study_is_stable(app_client: TestClient, services: Services) -> None:
+    """``POST /ai/jobs``: a clinician asks for the read now; asking again is the same job."""
+    assert services.imaging is not None
+    services.imaging.config = ArchiveConfig(stable_after_seconds=3600)  # never stable during the test
+    study = _study(app_client)
+    r = app_client.post("/ai/jobs", json={"study": study})
+    assert r.status_code == 202, r.text
+    jobs = r.json()["jobs"]
+    assert len(jobs) == 1 and jobs[0]["study"] == study and jobs[0]["model"] == "tiny-ct"
+    again = app_client.post("/ai/jobs", json={"study": study, "model": "tiny-ct"})
+    assert again.status_code == 200 and [j["id"] for j in again.json()["jobs"]] == [jobs[0]["id"]]
+    assert services.job_worker().run_until_idle() == 1
+    reports = _search(app_client, f"DiagnosticReport?subject=Patient/{jobs[0]['patient']}")
+    assert len(reports) == 1
+
+    assert app_client.post("/ai/jobs", json={"study": "1.2.3.999"}).status_code == 404
+    assert app_client.post("/ai/jobs", json={"study": study, "model": "no-such-model"}).status_code == 422
+    mr = _study(app_client, modality="MR")  # the tiny model reads CT only
+    assert app_client.post("/ai/jobs", json={"study": mr}).status_code == 422
+    for bad in (b"not json", b"[]", b'{"study": 5}', b'{"study": "1.2", "model": 3}'):
+        resp = app_client.post("/ai/jobs", content=bad, headers={"Content-Type": "application/json"})
+        assert resp.status_code == 400, bad
+        assert resp.json()["resourceType"] == "OperationOutcome"
