@@ -51,6 +51,10 @@ class Services:
 
         worker = Worker(JobQueue(self.db, clock=self.fhir.clock), {export.KIND: export.job_handler(self.fhir)})
         worker.idle_hooks.append(_every(60.0, lambda: export.purge_expired(self.fhir)))
+        from medcloud.analytics.server import export_job as view_export
+
+        worker.handlers[view_export.KIND] = view_export.job_handler(self.fhir)  # $viewdefinition-export
+        worker.idle_hooks.append(_every(60.0, lambda: view_export.purge_expired(self.fhir)))
         # Planner statistics: search plans go badly wrong without them after bulk loads.
         worker.idle_hooks.append(_every(10.0, _analyze_when_grown(self.db)))
         if self.imaging is not None:

@@ -87,7 +87,11 @@ def _view_definition(ops: list[Any]) -> dict[str, Any]:
         "profile": "https://sql-on-fhir.org/ig/StructureDefinition/ViewDefinition",
         "documentation": "SQL-on-FHIR v2 views (docs/analytics.md): validated by medcloud's ViewDefinition parser. "
                          "$run formats: json, ndjson, csv, parquet; viewReference as ViewDefinition/[id], "
-                         "[base]/ViewDefinition/[id] or a canonical url[|version] of a stored view.",
+                         "[base]/ViewDefinition/[id] or a canonical url[|version] of a stored view. "
+                         "$viewdefinition-export (POST, Prefer: respond-async; also at system level): "
+                         "parameters view (name, viewReference, viewResource), _format (csv, ndjson, json, "
+                         "parquet), clientTrackingId, patient, group, _since; source is not supported; the same "
+                         "viewReference formats as $run.",
         "interaction": [{"code": c} for c in ("read", "vread", "update", "delete", "history-instance", "create",
                                               "search-type")],
         "versioning": "versioned-update",

@@ -35,7 +35,8 @@ FORMAT_ALIASES = {"json": FHIR_JSON, "application/json": "application/json", "ap
                   "text/json": "application/json"}
 XML_FORMATS = ("xml", "text/xml", "application/xml", "application/fhir+xml")
 NDJSON_TYPES = ("application/fhir+ndjson", "application/ndjson", "ndjson")
-OWN_FORMAT_OPERATIONS = ("$run", "$viewdefinition-run")  # SQL-on-FHIR: output formats are the operation's
+# SQL-on-FHIR: output formats are the operation's
+OWN_FORMAT_OPERATIONS = ("$run", "$viewdefinition-run", "$viewdefinition-export", "$viewdefinition-export-file")
 
 
 def routes(ctx: FhirContext, prefix: str = "/fhir") -> list[Route]:

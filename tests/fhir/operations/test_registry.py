@@ -9,7 +9,8 @@ def test_capability_statement_lists_operations_with_their_definitions(client):
     cs = client.get("/fhir/metadata").json()
     rest = cs["rest"][0]
     system = {o["name"]: o["definition"] for o in rest["operation"]}
-    assert system == {"export": BULK + "export", "meta": "http://hl7.org/fhir/OperationDefinition/Resource-meta"}
+    assert system == {"export": BULK + "export", "meta": "http://hl7.org/fhir/OperationDefinition/Resource-meta",
+                      "viewdefinition-export": "http://sql-on-fhir.org/OperationDefinition/$viewdefinition-export"}
     by_type = {r["type"]: {o["name"]: o["definition"] for o in r.get("operation", [])} for r in rest["resource"]}
     assert by_type["Patient"]["everything"] == "http://hl7.org/fhir/OperationDefinition/Patient-everything"
     assert by_type["Patient"]["export"] == BULK + "patient-export"
