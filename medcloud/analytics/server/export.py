@@ -70,17 +70,17 @@ def kickoff(ctx: FhirContext, conn: Any, req: FhirRequest, target: Target) -> Fh
         if len(by_name.get(name, [])) > 1:
             raise Invalid(f"{name} may be given once", expression=by_name[name][1].where)
 
-    from medcloud.analytics.server.run import _since
+    from medcloud.analytics.server.run import since_instant
 
     fmt = _format(by_name.get("_format", []))
     tracking = _tracking_id(by_name.get("clientTrackingId", []))
-    since = _since(by_name["_since"][0].value) if "_since" in by_name else None
+    since = since_instant(by_name["_since"][0].value) if "_since" in by_name else None
     views = _views(ctx, req, by_name.get("view", []), target)
     chosen = _patients(ctx, req, by_name.get("patient", []), by_name.get("group", []))
     for v in views:
         v["patients"] = _confine(ctx, req, v["view"]["resource"], chosen, by_name)
 
-    from medcloud.fhir.operations.export import _wake_workers
+    from medcloud.fhir.operations.export import wake_workers
     from medcloud.jobs import JobQueue
 
     request = {
@@ -93,7 +93,7 @@ def kickoff(ctx: FhirContext, conn: Any, req: FhirRequest, target: Target) -> Fh
         "kickoff_time": ctx.clock(),
     }
     jid = JobQueue(ctx.db, clock=ctx.clock).enqueue(KIND, request, owner=req.principal.subject)
-    _wake_workers()
+    wake_workers()
     status = status_url(req.base_url, jid)
     body = parameters([("exportId", "valueString", jid), ("clientTrackingId", "valueString", tracking),
                        ("status", "valueCode", "accepted"), ("location", "valueUri", status)])
@@ -238,7 +238,7 @@ def _patients(ctx: FhirContext, req: FhirRequest, refs: list[_Param], groups: li
 
     An unknown (or unreadable, deleted) Patient or Group is 404 (ViewDefinitionExport notes).
     """
-    from medcloud.analytics.server.run import _local_id
+    from medcloud.analytics.server.run import local_id
 
     if not refs and not groups:
         return None
@@ -247,7 +247,7 @@ def _patients(ctx: FhirContext, req: FhirRequest, refs: list[_Param], groups: li
         if refs:
             chosen = set()
             for p in refs:
-                pid = _local_id(str(p.value), "Patient", "patient")
+                pid = local_id(str(p.value), "Patient", "patient")
                 s = ctx.store.read(conn, "Patient", pid)
                 if s is None or s.deleted or not ctx.guard.can_read(req.principal, s):
                     raise NotFound(f"Patient with reference 'Patient/{pid}' not found", expression=p.where)
@@ -255,7 +255,7 @@ def _patients(ctx: FhirContext, req: FhirRequest, refs: list[_Param], groups: li
         if groups:
             members: set[str] = set()
             for p in groups:
-                gid = _local_id(str(p.value), "Group", "group")
+                gid = local_id(str(p.value), "Group", "group")
                 s = ctx.store.read(conn, "Group", gid)
                 if s is None or s.deleted or s.content is None or not ctx.guard.can_read(req.principal, s):
                     raise NotFound(f"Group with reference 'Group/{gid}' not found", expression=p.where)
@@ -270,7 +270,7 @@ def _patients(ctx: FhirContext, req: FhirRequest, refs: list[_Param], groups: li
 def _confine(ctx: FhirContext, req: FhirRequest, rtype: str, chosen: tuple[str, ...] | None,
              by_name: dict[str, list[_Param]]) -> list[str] | None:
     """The compartments one view is read from: the patient/group filter and the token's confinement."""
-    from medcloud.analytics.server.run import _confined
+    from medcloud.analytics.server.run import confined_patients
 
     if chosen is not None and rtype != "Patient" and rtype not in patient_compartment():
         first = (by_name.get("patient") or by_name["group"])[0]
@@ -279,7 +279,7 @@ def _confine(ctx: FhirContext, req: FhirRequest, rtype: str, chosen: tuple[str, 
     readable = ctx.guard.read_filter(req.principal, rtype)
     if readable == ():
         raise Forbidden(f"this token grants no read access to {rtype}, the resource type of a view")
-    confined = _confined(readable)
+    confined = confined_patients(readable)
     patients = chosen
     if confined is not None:
         patients = confined if patients is None else tuple(p for p in patients if p in confined)

@@ -64,7 +64,7 @@ def run(ctx: FhirContext, conn: Any, req: FhirRequest, target: Target) -> FhirRe
     fmt = _format(req, params)
     header = _boolean(params.one("header"), "header", default=True)
     limit = _limit(params.one("_limit"))
-    since = _since(params.one("_since"))
+    since = since_instant(params.one("_since"))
     view = _view(ctx, req, params, target)
 
     from medcloud.analytics.engines._sources import ResourcesSource, Source
@@ -85,7 +85,7 @@ def run(ctx: FhirContext, conn: Any, req: FhirRequest, target: Target) -> FhirRe
         readable = ctx.guard.read_filter(req.principal, rtype)
         if readable == ():
             raise Forbidden(f"this token grants no read access to {rtype}, the resource type of the view")
-        confined = _confined(readable)
+        confined = confined_patients(readable)
         if confined is not None:
             patients = confined if patients is None else tuple(p for p in patients if p in confined)
         principal = req.principal
@@ -181,7 +181,7 @@ def _limit(value: Any) -> int | None:
     return int(text)
 
 
-def _since(value: Any) -> int | None:
+def since_instant(value: Any) -> int | None:
     if value is None:
         return None
     try:
@@ -238,7 +238,7 @@ def _patients(ctx: FhirContext, req: FhirRequest, params: RunParams, rtype: str)
         if refs:
             chosen = set()
             for ref in refs:
-                pid = _local_id(str(ref), "Patient", "patient")
+                pid = local_id(str(ref), "Patient", "patient")
                 s = ctx.store.read(conn, "Patient", pid)
                 if s is None or s.deleted or not ctx.guard.can_read(req.principal, s):
                     raise Invalid(f"Patient with id {pid!r} not found", expression="patient")
@@ -246,7 +246,7 @@ def _patients(ctx: FhirContext, req: FhirRequest, params: RunParams, rtype: str)
         if groups:
             members: set[str] = set()
             for ref in groups:
-                gid = _local_id(str(ref), "Group", "group")
+                gid = local_id(str(ref), "Group", "group")
                 s = ctx.store.read(conn, "Group", gid)
                 if s is None or s.deleted or s.content is None or not ctx.guard.can_read(req.principal, s):
                     raise Invalid(f"Group with id {gid!r} not found", expression="group")
@@ -258,7 +258,7 @@ def _patients(ctx: FhirContext, req: FhirRequest, params: RunParams, rtype: str)
     return tuple(sorted(chosen or ()))
 
 
-def _local_id(ref: str, rtype: str, param: str) -> str:
+def local_id(ref: str, rtype: str, param: str) -> str:
     ref = ref.strip()
     if "/" not in ref:
         return ref
@@ -268,7 +268,7 @@ def _local_id(ref: str, rtype: str, param: str) -> str:
     return rid
 
 
-def _confined(readable: Any) -> tuple[str, ...] | None:
+def confined_patients(readable: Any) -> tuple[str, ...] | None:
     """Patients a read filter confines rows to (every grant patient-confined), or None for no confinement."""
     if readable is None:
         return None

@@ -142,7 +142,7 @@ def kickoff(ctx: FhirContext, conn: Connection | None, req: FhirRequest, target:
         "deidentify": deid,
     }
     jid = queue_for(ctx).enqueue(KIND, request, owner=req.principal.subject)
-    _wake_workers()
+    wake_workers()
     return FhirResponse(status=202, headers={"Content-Location": _status_url(req.base_url, jid)},
                         resource=outcome_message(f"export {jid} accepted; poll the Content-Location URL"))
 
@@ -349,7 +349,7 @@ def remove_waker(wake: Any) -> None:
             _WAKERS.remove(wake)
 
 
-def _wake_workers() -> None:
+def wake_workers() -> None:
     with _WAKERS_LOCK:
         for w in list(_WAKERS):
             w()
