@@ -601,12 +601,13 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 def _accepts(request: Request) -> list[tuple[str, dict[str, str]]]:
+    """The acceptable media types in the order they are tried: the ``accept`` query parameter's first
+    (PS3.18 §8.3.3.1, for user agents that cannot set headers, e.g. a link in a browser), then the
+    Accept header's (§8.7.8.1: the header is used when none of the parameter's types is supported)."""
+    out = [media_type(item) for value in request.query_params.getlist("accept") for item in _split_accept(value)]
     header = request.headers.get("accept", "")
-    if not header.strip():
-        return []
-    out = []
-    for item in _split_accept(header):
-        out.append(media_type(item))
+    if header.strip():
+        out += [media_type(item) for item in _split_accept(header)]
     return out
 
 

@@ -312,3 +312,20 @@ def test_stow_response_in_xml_on_request_and_406_before_storing(dw) -> None:
     r = stow(dw, [instance(study=other)], headers={"Accept": "text/html"})
     assert r.status_code == 406
     assert dw.get(f"/dicomweb/studies?StudyInstanceUID={other}").json() == []
+
+
+def test_the_accept_query_parameter_comes_before_the_accept_header(dw, stored) -> None:
+    """PS3.18 §8.3.3.1 / §8.7.8.1: ``?accept=`` is tried first, then the Accept header."""
+    from urllib.parse import quote
+
+    q = "/dicomweb/studies?PatientID=XML-1&accept=" + quote(XML_ACCEPT, safe="")
+    r = dw.get(q, headers={"Accept": "application/dicom+json"})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("multipart/related")
+    assert len(_xml_parts(r)) == 1
+    # a parameter type this resource cannot produce falls back to the header
+    r = dw.get("/dicomweb/studies?PatientID=XML-1&accept=image/png", headers={"Accept": "application/dicom+json"})
+    assert r.status_code == 200 and r.json()[0]["00100020"]["Value"] == ["XML-1"]
+    st_uid, se = stored
+    r = dw.get(f"/dicomweb/studies/{st_uid}/series/{se}/metadata?accept=application/dicom%2Bjson",
+               headers={"Accept": "text/html"})
+    assert r.status_code == 200 and len(r.json()) == 2
