@@ -3,12 +3,16 @@
     .venv/bin/python bench/dimse.py                 # 2,000 instances, CT 512x512 and 64x64, SQLite
     .venv/bin/python bench/dimse.py -n 500 --sizes 64 --db postgresql://postgres@127.0.0.1/medcloud_dimse
     .venv/bin/python bench/dimse.py -n 100000 --sizes 64 --chunks 10   # rate per 10k: flat from 0 to 100k?
+    .venv/bin/python bench/dimse.py -n 2000 --sizes 64 --parallel 8 --fast-store both   # lean acceptor A/B
 
 The instances are deterministic (UIDs derived from the index, fixed pixel pattern) and cached
 under bench/data/dimse/. Each run starts a fresh ``medcloud dicom serve`` (and, when the Debian
 ``Orthanc`` binary is installed, a fresh Orthanc with its default SQLite index) on free ports,
 sends the set with ``--parallel`` concurrent ``storescu`` associations (default 4) and reports instances/s from
-storescu's wall time. Results go to bench/results/<utc>-dimse.json.
+storescu's wall time, and the server's CPU time per instance (user + system of every process of the
+server's session, from /proc, over the send). ``--fast-store on|off|both`` runs medcloud with the lean
+C-STORE acceptor (``dicom_fast_store``), with pure pynetdicom, or both in turn (an A/B in one run on a
+shared machine). Results go to bench/results/<utc>-dimse.json.
 """
 
 from __future__ import annotations
@@ -50,6 +54,19 @@ def storescu(port: int, aec: str, files: list[Path], parallel: int) -> dict[str,
             "failed": failed}
 
 
+def session_cpu_seconds(sid: int) -> float:
+    """User + system CPU seconds of the live processes in session ``sid`` (Linux /proc)."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        if int(fields[3]) == sid:  # after "pid (comm)": state ppid pgrp session ... utime(12) stime(13)
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def in_chunks(port: int, aec: str, folder: Path, parallel: int, chunks: int) -> dict[str, object]:
     """Send the set in ``chunks`` consecutive parts to one running server; the rate of each part
     shows whether ingest stays flat as the archive grows."""
@@ -63,19 +80,27 @@ def in_chunks(port: int, aec: str, folder: Path, parallel: int, chunks: int) -> 
             "per_chunk": [p["per_second"] for p in parts] if chunks > 1 else None}
 
 
-def run_medcloud(folder: Path, work: Path, db: str | None, parallel: int, chunks: int) -> dict[str, object]:
+def run_medcloud(folder: Path, work: Path, db: str | None, parallel: int, chunks: int, *, fast_store: bool = True,
+                 processes: int = 1) -> dict[str, object]:
     port = free_port()
     exe = str(Path(sys.executable).parent / "medcloud")
-    cmd = [exe, "dicom", "serve", "--data-dir", str(work / "medcloud"), "--host", "127.0.0.1", "--port", str(port),
-           "--allow-unknown"]
+    data = work / ("medcloud" if fast_store else "medcloud-pynetdicom")
+    cmd = [exe, "dicom", "serve", "--data-dir", str(data), "--host", "127.0.0.1", "--port", str(port),
+           "--allow-unknown", "--processes", str(processes)]
     if db:
         cmd += ["--db", db]
-    env = dict(os.environ, MEDCLOUD_LOG_LEVEL="warning")
-    log = open(work / "medcloud.log", "wb")  # noqa: SIM115 - closed below
+    env = dict(os.environ, MEDCLOUD_LOG_LEVEL="warning", MEDCLOUD_DICOM_FAST_STORE=str(fast_store).lower())
+    log = open(work / "medcloud.log", "ab")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=env, start_new_session=True)
     try:
         wait_port(port, proc)
-        return in_chunks(port, "MEDCLOUD", folder, parallel, chunks)
+        time.sleep(0.5)  # the extra processes' start-up is not ingest CPU
+        cpu0 = session_cpu_seconds(proc.pid)
+        out = in_chunks(port, "MEDCLOUD", folder, parallel, chunks)
+        cpu = session_cpu_seconds(proc.pid) - cpu0
+        out.update(fast_store=fast_store, processes=processes, cpu_seconds=round(cpu, 2),
+                   cpu_ms_per_instance=round(1000 * cpu / max(int(str(out["instances"])), 1), 2))
+        return out
     finally:
         stop(proc)
         log.close()
@@ -95,6 +120,10 @@ def main() -> None:
     ap.add_argument("--db", default=None, help="medcloud database URL (default: SQLite in a temp dir)")
     ap.add_argument("--parallel", type=int, default=4, help="concurrent storescu associations (default 4)")
     ap.add_argument("--no-orthanc", action="store_true", help="skip Orthanc even when installed")
+    ap.add_argument("--fast-store", choices=["on", "off", "both"], default="on",
+                    help="medcloud's lean C-STORE acceptor (dicom_fast_store): on (default), off (pure pynetdicom) "
+                    "or both, one after the other")
+    ap.add_argument("--processes", type=int, default=1, help="medcloud SCP processes (dicom_processes, default 1)")
     ap.add_argument("--chunks", type=int, default=1, help="send the set in N consecutive parts and report each "
                     "part's rate (flatness as the archive grows)")
     args = ap.parse_args()
@@ -110,15 +139,23 @@ def main() -> None:
         folder = generate(args.n, size)
         with tempfile.TemporaryDirectory(prefix="bench-dimse-") as tmp:
             work = Path(tmp)
-            m = run_medcloud(folder, work, args.db, args.parallel, args.chunks)
+            modes = {"on": [True], "off": [False], "both": [True, False]}[args.fast_store]
+            ms = [run_medcloud(folder, work, args.db, args.parallel, args.chunks, fast_store=fast,
+                               processes=args.processes) for fast in modes]
             o = None if args.no_orthanc else run_orthanc(folder, work, args.parallel, args.chunks)
+        m = ms[0]
         row: dict[str, object] = {"size": size, "medcloud": m, "orthanc": o,
                                   "ratio": round(float(m["per_second"]) / float(o["per_second"]), 2) if o else None}
+        if len(ms) > 1:
+            row["medcloud_pynetdicom"] = ms[1]
         runs.append(row)
-        print(f"CT {size}x{size}, {args.n} instances: medcloud {m['per_second']}/s ({m['seconds']} s, "
-              f"{m['failed']} failed)" + (f"; Orthanc {o['per_second']}/s ({o['seconds']} s, {o['failed']} failed);"
-                                          f" ratio {row['ratio']}x" if o else "; Orthanc not installed"),
-              flush=True)
+        for mm in ms:
+            path_name = "lean acceptor" if mm["fast_store"] else "pynetdicom"
+            print(f"CT {size}x{size}, {args.n} instances, {args.parallel} associations: medcloud ({path_name}) "
+                  f"{mm['per_second']}/s ({mm['seconds']} s, {mm['failed']} failed, "
+                  f"{mm['cpu_ms_per_instance']} ms CPU/instance)", flush=True)
+        print("  " + (f"Orthanc {o['per_second']}/s ({o['seconds']} s, {o['failed']} failed); ratio {row['ratio']}x"
+                      if o else "Orthanc not run"), flush=True)
         if args.chunks > 1:
             print(f"  per chunk of {-(-args.n // args.chunks)}: medcloud {m['per_chunk']}"
                   + (f"; Orthanc {o['per_chunk']}" if o else ""), flush=True)

@@ -150,6 +150,10 @@ class Settings(BaseSettings):
     # under one GIL); more help only where the database takes concurrent writers (PostgreSQL) and
     # cores are spare: on 2 cores with SQLite, 2 processes were slower (docs/imaging.md).
     dicom_processes: int = Field(default=1, ge=1, le=64)
+    # C-STORE/C-ECHO associations are served by an asyncio acceptor (imaging/dimse/acceptor.py)
+    # instead of pynetdicom's two polling threads per association; everything else still goes to
+    # pynetdicom. False: pure pynetdicom, as before (docs/imaging.md "DIMSE").
+    dicom_fast_store: bool = True
     # The archive's store policy (STOW-RS and C-STORE alike): a second instance with a stored SOP
     # Instance UID is refused (0x0111 / 409) or replaces it (0xB000 warning); instances larger than
     # the limit are refused with 0xA700; a study is "stable" after this many quiet seconds.
