@@ -21,8 +21,6 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from medcloud.errors import Forbidden, Invalid, NotFound, NotSupported
 from medcloud.fhir.context import FhirContext
 from medcloud.fhir.definitions import patient_compartment
@@ -238,33 +236,12 @@ def _patients(ctx: FhirContext, req: FhirRequest, refs: list[_Param], groups: li
 
     An unknown (or unreadable, deleted) Patient or Group is 404 (ViewDefinitionExport notes).
     """
-    from medcloud.analytics.server.run import local_id
+    from medcloud.analytics.server.run import patient_ids
 
     if not refs and not groups:
         return None
-    chosen: set[str] | None = None
-    with ctx.db.read() as conn:
-        if refs:
-            chosen = set()
-            for p in refs:
-                pid = local_id(str(p.value), "Patient", "patient")
-                s = ctx.store.read(conn, "Patient", pid)
-                if s is None or s.deleted or not ctx.guard.can_read(req.principal, s):
-                    raise NotFound(f"Patient with reference 'Patient/{pid}' not found", expression=p.where)
-                chosen.add(pid)
-        if groups:
-            members: set[str] = set()
-            for p in groups:
-                gid = local_id(str(p.value), "Group", "group")
-                s = ctx.store.read(conn, "Group", gid)
-                if s is None or s.deleted or s.content is None or not ctx.guard.can_read(req.principal, s):
-                    raise NotFound(f"Group with reference 'Group/{gid}' not found", expression=p.where)
-                for m in orjson.loads(s.content).get("member") or []:
-                    entity = str((m.get("entity") or {}).get("reference") or "")
-                    if entity.startswith("Patient/") and not m.get("inactive"):
-                        members.add(entity.split("/", 1)[1])
-            chosen = members if chosen is None else chosen & members
-    return tuple(sorted(chosen or ()))
+    return patient_ids(ctx, req, [(str(p.value), p.where) for p in refs], [(str(p.value), p.where) for p in groups],
+                       missing=NotFound)
 
 
 def _confine(ctx: FhirContext, req: FhirRequest, rtype: str, chosen: tuple[str, ...] | None,

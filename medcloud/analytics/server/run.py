@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from medcloud.errors import Forbidden, Invalid, NotSupported
+from medcloud.errors import Forbidden, Invalid, MedcloudError, NotSupported
 from medcloud.fhir.context import FhirContext
 from medcloud.fhir.definitions import patient_compartment
 from medcloud.fhir.exchange import FhirRequest, FhirResponse
@@ -233,23 +233,33 @@ def _patients(ctx: FhirContext, req: FhirRequest, params: RunParams, rtype: str)
     if rtype != "Patient" and rtype not in patient_compartment():
         raise Invalid(f"patient and group filter by Patient compartment; {rtype} is not in it",
                       expression="patient" if refs else "group")
+    return patient_ids(ctx, req, [(str(r), "patient") for r in refs], [(str(g), "group") for g in groups],
+                       missing=Invalid)
+
+
+def patient_ids(ctx: FhirContext, req: FhirRequest, refs: Sequence[tuple[str, str]],
+                groups: Sequence[tuple[str, str]], *, missing: type[MedcloudError]) -> tuple[str, ...]:
+    """The Patient ids named by ``refs`` and by the active members of ``groups`` (their intersection
+    when both are given), as (reference, FHIRPath expression of the parameter) pairs. A Patient or
+    Group that is unknown, deleted or not readable by the caller raises ``missing`` (``$run``: 400;
+    ``$viewdefinition-export``: 404, as its OperationDefinition says)."""
     chosen: set[str] | None = None
     with ctx.db.read() as conn:
         if refs:
             chosen = set()
-            for ref in refs:
-                pid = local_id(str(ref), "Patient", "patient")
+            for ref, where in refs:
+                pid = local_id(ref, "Patient", "patient")
                 s = ctx.store.read(conn, "Patient", pid)
                 if s is None or s.deleted or not ctx.guard.can_read(req.principal, s):
-                    raise Invalid(f"Patient with id {pid!r} not found", expression="patient")
+                    raise missing(f"Patient with reference 'Patient/{pid}' not found", expression=where)
                 chosen.add(pid)
         if groups:
             members: set[str] = set()
-            for ref in groups:
-                gid = local_id(str(ref), "Group", "group")
+            for ref, where in groups:
+                gid = local_id(ref, "Group", "group")
                 s = ctx.store.read(conn, "Group", gid)
                 if s is None or s.deleted or s.content is None or not ctx.guard.can_read(req.principal, s):
-                    raise Invalid(f"Group with id {gid!r} not found", expression="group")
+                    raise missing(f"Group with reference 'Group/{gid}' not found", expression=where)
                 for m in orjson.loads(s.content).get("member") or []:
                     entity = str((m.get("entity") or {}).get("reference") or "")
                     if entity.startswith("Patient/") and not m.get("inactive"):
