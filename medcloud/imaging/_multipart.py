@@ -38,38 +38,44 @@ def media_type(header: str) -> tuple[str, dict[str, str]]:
 
 
 def parse_related(body: bytes, boundary: str) -> list[Part]:
-    """The parts of a multipart body; raises Invalid when the boundary never appears."""
+    """The parts of a multipart body; raises Invalid when the boundary never appears.
+
+    Scans with ``find`` and slices each part's body out of ``body`` once (a STOW-RS body is up to
+    2 GB of instances; splitting it first and trimming the pieces copied every instance 3-4 times).
+    """
     delim = b"--" + boundary.encode("latin-1")
-    chunks = body.split(delim)
-    if len(chunks) < 2:
+    pos = body.find(delim)
+    if pos < 0:
         raise Invalid("the multipart body does not contain its boundary")
     parts = []
-    for chunk in chunks[1:]:
-        if chunk.startswith(b"--"):
+    while True:
+        start = pos + len(delim)
+        nxt = body.find(delim, start)
+        end = nxt if nxt >= 0 else len(body)
+        if end - start >= 2 and body.startswith(b"--", start):
             break  # close delimiter
-        if chunk.startswith(b"\r\n"):
-            chunk = chunk[2:]
-        elif chunk.startswith(b"\n"):
-            chunk = chunk[1:]
-        sep = chunk.find(b"\r\n\r\n")
-        skip = 4
+        if body.startswith(b"\r\n", start):
+            start += 2
+        elif body.startswith(b"\n", start):
+            start += 1
+        sep, skip = body.find(b"\r\n\r\n", start, end), 4
         if sep < 0:
-            sep, skip = chunk.find(b"\n\n"), 2
-        if sep < 0:
-            head, content = chunk, b""
-        else:
-            head, content = chunk[:sep], chunk[sep + skip:]
+            sep, skip = body.find(b"\n\n", start, end), 2
+        head_end, content = (end, end) if sep < 0 else (sep, sep + skip)
         # The CRLF before the next delimiter belongs to the delimiter (RFC 2046 §5.1.1).
-        if content.endswith(b"\r\n"):
-            content = content[:-2]
-        elif content.endswith(b"\n"):
-            content = content[:-1]
+        if end - content >= 2 and body.startswith(b"\r\n", end - 2):
+            end -= 2
+        elif end - content >= 1 and body.startswith(b"\n", end - 1):
+            end -= 1
         headers = {}
-        for line in head.decode("latin-1").splitlines():
+        for line in body[start:head_end].decode("latin-1").splitlines():
             if ":" in line:
                 k, v = line.split(":", 1)
                 headers[k.strip().lower()] = v.strip()
-        parts.append(Part(headers, content))
+        parts.append(Part(headers, body[content:end]))
+        if nxt < 0:
+            break
+        pos = nxt
     return parts
 
 

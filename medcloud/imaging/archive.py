@@ -1,16 +1,20 @@
 """The imaging archive: store, find, retrieve and delete DICOM instances (domain; no web framework).
 
-Store order (nothing half-stored): parse and validate in memory, then inside one write transaction
-(one SAVEPOINT per instance) write the blob and its index rows; an instance whose index write fails
-has its new blob removed, and if the commit itself fails every blob created by the request is
-removed. Study-level counts and ModalitiesInStudy are recomputed in the same transaction. After the
-commit, ``on_change`` is told which studies changed (the FHIR ImagingStudy link, once per study per
-request). Deletes remove index rows first, blobs after the commit (a crash leaves an orphan file,
+Store order (nothing half-stored): parse and validate in memory; optionally (``stage``, the group
+committer does it in the request thread) write each blob to a fsynced temp name no reader sees;
+then inside one write transaction (one SAVEPOINT per instance) put or rename the blob into place
+and write its index rows (new instance rows in one multi-row INSERT), fsync the touched
+directories, commit. An instance whose index write fails has its new blob removed, a staged blob
+that is not published is deleted, and if the commit itself fails every blob created by the
+request is removed. Study-level counts and ModalitiesInStudy are recomputed in the same
+transaction. After the commit, ``on_change`` is told which studies changed (the FHIR ImagingStudy
+link, once per study per request). Deletes remove index rows first, blobs after the commit (a crash leaves an orphan file,
 never an index row without its file).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -24,7 +28,7 @@ from sqlalchemy import Connection, and_, delete, func, insert, select, update
 from medcloud.errors import Conflict, Invalid, MedcloudError, NotFound
 from medcloud.imaging import status
 from medcloud.imaging._parse import Parsed, parse
-from medcloud.imaging.blobs import BlobStore, instance_key, valid_uid
+from medcloud.imaging.blobs import BlobStore, Staged, instance_key, valid_uid
 from medcloud.storage.imaging_schema import (
     dicom_extra_index,
     dicom_instances,
@@ -80,6 +84,7 @@ class Prepared:
     data: bytes
     parsed: Parsed | None
     refused: StoreResult | None
+    staged: Staged | None = None  # its blob, written by ``Archive.stage``; ``commit`` publishes it
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,32 +135,71 @@ class Archive:
         except MedcloudError as e:
             return Prepared(data, None, _failed(e, getattr(e, "parsed", None)))
 
+    def stage(self, prepared: list[Prepared]) -> list[Prepared]:
+        """Write the blobs of parsed instances where no reader sees them yet (``BlobStore.stage``),
+        side by side; ``commit`` then only publishes them (a rename). An instance whose write fails
+        is refused here, alone, and leaves nothing behind.
+
+        Why: group_commit.py calls this in the request thread, so the file writes and their fsyncs
+        overlap the writer's batch instead of adding to it (the one writer is the bottleneck).
+        """
+        stage = getattr(self.blobs, "stage", None)  # a store written before ``stage`` existed: put at commit
+        if stage is None:
+            return prepared
+        todo = [(n, pr, instance_key(pr.parsed.study_uid, pr.parsed.series_uid, pr.parsed.sop_uid))
+                for n, pr in enumerate(prepared) if pr.parsed is not None and pr.staged is None]
+        futures = [_BLOB_POOL.submit(stage, key, pr.data) for _, pr, key in todo]
+        out = list(prepared)
+        for (n, pr, key), fut in zip(todo, futures, strict=True):
+            try:
+                out[n] = dataclasses.replace(pr, staged=fut.result())
+            except Exception as e:  # noqa: BLE001 - this instance fails; the others go on
+                log.warning("could not write the blob %s", key, exc_info=True)
+                out[n] = Prepared(pr.data, None, _failed(
+                    MedcloudError(f"could not store the instance: {type(e).__name__}"), pr.parsed))
+        return out
+
     def commit(self, prepared: list[Prepared], *, notify: bool = True) -> list[StoreResult]:
         """Store prepared instances in one transaction (one savepoint each); one result per item, in order.
 
+        Staged blobs (``stage``) are published, or dropped if their instance is not stored.
         ``notify=False`` leaves the ``on_change`` hooks to the caller (group_commit.py runs them once
         per batch of requests)."""
         results: list[StoreResult | None] = [pr.refused for pr in prepared]
         good = [(i, pr.parsed, pr.data) for i, pr in enumerate(prepared) if pr.parsed is not None]
-        if good:
-            self._store_parsed(good, results)
+        staged = {i: pr.staged for i, pr in enumerate(prepared) if pr.staged is not None}
+        published: set[Staged] = set()
+        try:
+            if good:
+                self._store_parsed(good, results, staged, published)
+        finally:
+            for st in staged.values():
+                if st not in published:
+                    self._unstage(st)
         changed = {r.study_uid for r in results if r is not None and r.stored and r.study_uid}
         if changed and notify:
             self._notify(changed)
         return [r if r is not None else StoreResult(status.PROCESSING_FAILURE, reason="not processed") for r in results]
 
-    def _store_parsed(self, items: list[tuple[int, Parsed, bytes]], results: list[StoreResult | None]) -> None:
+    def _store_parsed(self, items: list[tuple[int, Parsed, bytes]], results: list[StoreResult | None],
+                      staged: dict[int, Staged] | None = None, published: set[Staged] | None = None) -> None:
         """Store a batch: first optimistically in one transaction; if any instance fails on the
         way (a constraint, a blob write), roll the whole batch back and redo it with one
         SAVEPOINT per instance, so only the bad instance fails. The common case costs no
-        savepoints; a failing instance costs one retry of its batch."""
+        savepoints; a failing instance costs one retry of its batch.
+
+        Staged blobs are published by the first attempt only; the retry writes with ``put``."""
         try:
-            self._write_batch(items, results, isolate=False)
+            self._write_batch(items, results, isolate=False, blobs=staged or {},
+                              published=published if published is not None else set())
         except _RetryIsolated:
             self._write_batch(items, results, isolate=True)
 
     def _write_batch(self, items: list[tuple[int, Parsed, bytes]], results: list[StoreResult | None], *,
-                     isolate: bool) -> None:
+                     isolate: bool, blobs: dict[int, Staged] | None = None,
+                     published: set[Staged] | None = None) -> None:
+        blobs = blobs if blobs is not None else {}  # staged blob of an item, by index
+        published = published if published is not None else set()
         created: list[str] = []
         replaced_blobs: list[str] = []
         try:
@@ -170,10 +214,22 @@ class Archive:
                 known: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}  # rows written by this request
                 written: list[str] = []
                 stored = _existing(conn, [p.sop_uid for _, p, _ in items])  # sop uid -> (pk, blob key, study pk)
+                before = _levels(conn, [p for _, p, _ in items])  # after the locks: no one else changes them
+                # New instance rows go in with one multi-row INSERT after the loop (not one statement
+                # each); only where nothing later in the batch needs their pk: not in the isolated
+                # retry, and not when the same SOP Instance UID comes twice.
+                bulk: list[tuple[dict[str, Any], Parsed]] | None = None
+                if not isolate:
+                    counts: dict[str, int] = {}
+                    for _, p, _ in items:
+                        counts[p.sop_uid] = counts.get(p.sop_uid, 0) + 1
+                    if all(n == 1 for n in counts.values()):
+                        bulk = []
                 # New instances' files are written in parallel up front (each put fsyncs its file:
-                # serially that was most of a group-committed batch's time). Duplicates and
-                # overwrites keep the in-order put below; the isolated retry writes one by one.
-                prewritten = set() if isolate else self._put_new(items, stored, created)
+                # serially that was most of a group-committed batch's time), or were staged by the
+                # request thread and are only renamed here. Duplicates and overwrites keep the
+                # in-order write below; the isolated retry writes one by one.
+                prewritten = set() if isolate else self._put_new(items, stored, created, blobs, published)
                 for i, p, data in items:
                     sp = conn.begin_nested() if isolate else None
                     new_key: str | None = None
@@ -186,14 +242,14 @@ class Archive:
                         if old is None or old[1] != key:
                             new_key = key
                         if key not in prewritten:
-                            self.blobs.put(key, data, sync_dir=False)
+                            self._write(key, data, blobs.get(i), published)
                         written.append(key)
                         if old is not None:
                             touched.add(old[2])
                             if old[1] != key:
                                 replaced_blobs.append(old[1])
                         pk, study_pk = self._index(conn, p, key, len(data), old[0] if old is not None else None,
-                                                   known=known, staged=staged)
+                                                   known=known, staged=staged, bulk=bulk, before=before)
                         touched.add(study_pk)
                         if sp is not None:
                             sp.commit()
@@ -221,6 +277,11 @@ class Archive:
                             log.exception("storing SOP Instance %s failed", p.sop_uid)
                             e = MedcloudError(f"could not store the instance: {type(e).__name__}")
                         results[i] = _failed(e, p)
+                if bulk:
+                    try:
+                        _insert_instances(conn, bulk)
+                    except Exception as e:  # e.g. a concurrent store of one of them: find it alone
+                        raise _RetryIsolated from e
                 _recount(conn, touched, self.clock())
                 self.blobs.sync(written)  # directory entries durable before the index commits
         except _RetryIsolated:
@@ -243,45 +304,75 @@ class Archive:
             self._discard(key)
 
     def _put_new(self, items: list[tuple[int, Parsed, bytes]], stored: dict[str, tuple[int, str, int]],
-                 created: list[str]) -> set[str]:
-        """Write the blobs of instances that are new and unique in the batch, in parallel; their keys.
+                 created: list[str], staged: dict[int, Staged], published: set[Staged]) -> set[str]:
+        """Write the blobs of instances that are new and unique in the batch, in parallel (staged
+        ones are only renamed); their keys.
 
-        Keys go to ``created`` first, so a failing batch removes them. A failed put raises
+        Keys go to ``created`` first, so a failing batch removes them. A failed write raises
         ``_RetryIsolated`` (the batch is redone instance by instance, where that instance fails alone).
         """
         seen: dict[str, int] = {}
         for _, p, _ in items:
             seen[p.sop_uid] = seen.get(p.sop_uid, 0) + 1
-        todo = [(instance_key(p.study_uid, p.series_uid, p.sop_uid), data) for _, p, data in items
+        todo = [(i, instance_key(p.study_uid, p.series_uid, p.sop_uid), data) for i, p, data in items
                 if seen[p.sop_uid] == 1 and p.sop_uid not in stored]
-        if len(todo) < 2:
+        if len(todo) < 2 and not staged:
             return set()
-        created.extend(key for key, _ in todo)
-        futures = [_BLOB_POOL.submit(self.blobs.put, key, data, sync_dir=False) for key, data in todo]
+        created.extend(key for _, key, _ in todo)
+        try:
+            for i, _, _ in todo:
+                st = staged.get(i)
+                if st is not None:
+                    self.blobs.publish(st)
+                    published.add(st)
+        except Exception as e:
+            raise _RetryIsolated from e
+        futures = [_BLOB_POOL.submit(self.blobs.put, key, data, sync_dir=False) for i, key, data in todo
+                   if i not in staged]
         failed = [f for f in futures if f.exception() is not None]
         if failed:
             raise _RetryIsolated from failed[0].exception()
-        return {key for key, _ in todo}
+        return {key for _, key, _ in todo}
+
+    def _write(self, key: str, data: bytes, staged: Staged | None, published: set[Staged]) -> None:
+        if staged is None or staged in published:
+            self.blobs.put(key, data, sync_dir=False)
+        else:
+            self.blobs.publish(staged)
+            published.add(staged)
+
+    def _unstage(self, staged: Staged) -> None:
+        try:
+            self.blobs.unstage(staged)
+        except Exception:  # noqa: BLE001 - an unpublished temp object is invisible; it costs only space
+            log.warning("could not remove the staged blob of %s", staged.key, exc_info=True)
 
     def _index(self, conn: Connection, p: Parsed, key: str, size: int, old_pk: int | None, *,
                known: dict[tuple[str, str], tuple[int, dict[str, Any]]] | None = None,
-               staged: dict[tuple[str, str], tuple[int, dict[str, Any]]] | None = None) -> tuple[int, int]:
+               staged: dict[tuple[str, str], tuple[int, dict[str, Any]]] | None = None,
+               bulk: list[tuple[dict[str, Any], Parsed]] | None = None,
+               before: dict[tuple[str, str], Any] | None = None) -> tuple[int, int]:
         """Write the patient/study/series rows (when new or changed) and the instance row; returns
-        the instance's and its study's primary keys."""
+        the instance's and its study's primary keys. With ``bulk``, a new instance's row is appended
+        there for ``_insert_instances`` instead, and its pk returned as 0 (not known yet)."""
         now = self.clock()
         known = known if known is not None else {}
         staged = staged if staged is not None else {}
         patient_pk = _upsert(conn, dicom_patients, dicom_patients.c.patient_id, p.patient["patient_id"],
-                             {k: v for k, v in p.patient.items() if k != "patient_id"}, known=known, staged=staged)
+                             {k: v for k, v in p.patient.items() if k != "patient_id"}, known=known, staged=staged,
+                             before=before)
         study_pk = _upsert(conn, dicom_studies, dicom_studies.c.study_uid, p.study_uid,
                            {**p.study, "patient_pk": patient_pk}, create={"num_series": 0, "num_instances": 0,
                                                                           "updated": now},
-                           known=known, staged=staged)
+                           known=known, staged=staged, before=before)
         series_pk = _upsert(conn, dicom_series, dicom_series.c.series_uid, p.series_uid,
                             {**p.series, "study_pk": study_pk}, create={"num_instances": 0}, known=known,
-                            staged=staged)
+                            staged=staged, before=before)
         row = {**p.instance, "series_pk": series_pk, "study_pk": study_pk, "blob_key": key, "size": size,
                "stored": now, "metadata": p.metadata}
+        if old_pk is None and bulk is not None:
+            bulk.append(({"sop_uid": p.sop_uid, **row}, p))
+            return 0, study_pk
         if old_pk is None:
             inserted = conn.execute(_INSERT_INSTANCE, {"sop_uid": p.sop_uid, **row})
             pk = int(inserted.inserted_primary_key[0])  # type: ignore[index]
@@ -334,30 +425,17 @@ class Archive:
 
     def study_summary(self, study: str) -> dict[str, Any] | None:
         """Patient, study, series and instance rows of one study (for the FHIR ImagingStudy)."""
+        return self.study_summaries([study]).get(study)
+
+    def study_summaries(self, studies: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """``study_summary`` of several studies in one read (three queries, not three per study):
+        a group-committed batch changes a few dozen studies at once. Studies not stored are absent."""
+        uids = sorted(set(studies))
+        out: dict[str, dict[str, Any]] = {}
         with self.db.read() as conn:
-            st = conn.execute(
-                select(dicom_studies, dicom_patients.c.patient_id, dicom_patients.c.patient_name,
-                       dicom_patients.c.patient_birth_date, dicom_patients.c.patient_sex,
-                       dicom_patients.c.fhir_id.label("patient_fhir_id"))
-                .join(dicom_patients, dicom_patients.c.pk == dicom_studies.c.patient_pk)
-                .where(dicom_studies.c.study_uid == study)
-            ).mappings().first()
-            if st is None:
-                return None
-            series = conn.execute(
-                select(dicom_series).where(dicom_series.c.study_pk == st["pk"])
-                .order_by(dicom_series.c.series_number, dicom_series.c.pk)
-            ).mappings().all()
-            inst = conn.execute(
-                select(dicom_instances.c.series_pk, dicom_instances.c.sop_uid, dicom_instances.c.sop_class_uid,
-                       dicom_instances.c.instance_number, dicom_instances.c.number_of_frames)
-                .where(dicom_instances.c.study_pk == st["pk"])
-                .order_by(dicom_instances.c.instance_number, dicom_instances.c.pk)
-            ).mappings().all()
-        by_series: dict[int, list[dict[str, Any]]] = {}
-        for r in inst:
-            by_series.setdefault(r["series_pk"], []).append(dict(r))
-        return {**dict(st), "series": [{**dict(s), "instances": by_series.get(s["pk"], [])} for s in series]}
+            for start in range(0, len(uids), 500):
+                out.update(_summaries(conn, uids[start:start + 500]))
+        return out
 
     def set_patient_link(self, patient_id: str, fhir_id: str) -> None:
         with self.db.write() as conn:
@@ -367,6 +445,14 @@ class Archive:
     def set_study_link(self, study: str, fhir_id: str | None) -> None:
         with self.db.write() as conn:
             conn.execute(update(dicom_studies).where(dicom_studies.c.study_uid == study).values(fhir_id=fhir_id))
+
+    def link_studies(self, studies: list[str]) -> None:
+        """Record that each study's ImagingStudy id is its StudyInstanceUID (one transaction)."""
+        st = dicom_studies
+        with self.db.write() as conn:
+            for start in range(0, len(studies), 500):
+                conn.execute(update(st).where(st.c.study_uid.in_(studies[start:start + 500]))
+                             .values(fhir_id=st.c.study_uid))
 
     def reindex_extra(self, batch: int = 500) -> int:
         """Rebuild ``dicom_extra_index`` for every stored instance from its DICOM JSON (after
@@ -477,6 +563,7 @@ class _RetryIsolated(Exception):
 
 
 _INSERT_INSTANCE = insert(dicom_instances)
+_INSERT_INSTANCES = insert(dicom_instances).returning(dicom_instances.c.pk, sort_by_parameter_order=True)
 # Blob writes of one batch run side by side (fsync and object-store round trips release the GIL).
 _BLOB_POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="imaging-blob")
 
@@ -494,11 +581,14 @@ def _failed(err: MedcloudError, p: Parsed | None) -> StoreResult:
 
 def _upsert(conn: Connection, table: Any, key_col: Any, key: str, values: dict[str, Any],
             create: dict[str, Any] | None = None, *, known: dict[tuple[str, str], tuple[int, dict[str, Any]]],
-            staged: dict[tuple[str, str], tuple[int, dict[str, Any]]]) -> int:
+            staged: dict[tuple[str, str], tuple[int, dict[str, Any]]],
+            before: dict[tuple[str, str], Any] | None = None) -> int:
     """Insert or update one level's row by its natural key; NULL values never erase stored ones.
 
     ``known`` holds rows this request already wrote (pk and the values applied), so the 2nd..nth
-    instance of a series costs no SELECT and, unless an attribute differs, no UPDATE.
+    instance of a series costs no SELECT and, unless an attribute differs, no UPDATE. ``before``
+    (``_levels``) holds the rows as they were when the transaction began (None: absent), so the
+    first instance costs no SELECT either.
     """
     present = {k: v for k, v in values.items() if v is not None}
     cached = staged.get((table.name, key)) or known.get((table.name, key))
@@ -509,7 +599,10 @@ def _upsert(conn: Connection, table: Any, key_col: Any, key: str, values: dict[s
             conn.execute(update(table).where(table.c.pk == pk).values(changed))
             staged[(table.name, key)] = (pk, {**applied, **changed})
         return pk
-    found = conn.execute(select(table).where(key_col == key)).mappings().first()
+    if before is not None and (table.name, key) in before:
+        found = before[(table.name, key)]
+    else:
+        found = conn.execute(select(table).where(key_col == key)).mappings().first()
     if found is None:
         inserted = conn.execute(insert(table).values({key_col.name: key, **(create or {}), **present}))
         pk = int(inserted.inserted_primary_key[0])  # type: ignore[index]
@@ -521,6 +614,18 @@ def _upsert(conn: Connection, table: Any, key_col: Any, key: str, values: dict[s
             conn.execute(update(table).where(table.c.pk == pk).values(changed))
     staged[(table.name, key)] = (pk, present)
     return pk
+
+
+def _insert_instances(conn: Connection, rows: list[tuple[dict[str, Any], Parsed]]) -> None:
+    """One multi-row INSERT of new instance rows (SQLAlchemy "insertmanyvalues"), then their extra
+    matching keys with the pks it returned, in order."""
+    result = conn.execute(_INSERT_INSTANCES, [row for row, _ in rows])
+    pks = [int(pk) for pk in result.scalars().all()]
+    extra = [{"instance_pk": pk, "series_pk": row["series_pk"], "study_pk": row["study_pk"], "tag": tag,
+              "value": value}
+             for pk, (row, p) in zip(pks, rows, strict=True) for tag, value in p.extra]
+    if extra:
+        conn.execute(insert(dicom_extra_index), extra)
 
 
 def _recount(conn: Connection, study_pks: set[int], now: int) -> None:
@@ -554,6 +659,21 @@ def _recount(conn: Connection, study_pks: set[int], now: int) -> None:
             updated=now, stable_at=None))
 
 
+def _levels(conn: Connection, parsed: list[Parsed]) -> dict[tuple[str, str], Any]:
+    """The stored patient, study and series rows a batch touches, by (table, natural key); keys not
+    stored map to None. Three queries per batch instead of one per new patient, study and series."""
+    out: dict[tuple[str, str], Any] = {}
+    for table, col, keys in ((dicom_patients, dicom_patients.c.patient_id, {p.patient["patient_id"] for p in parsed}),
+                             (dicom_studies, dicom_studies.c.study_uid, {p.study_uid for p in parsed}),
+                             (dicom_series, dicom_series.c.series_uid, {p.series_uid for p in parsed})):
+        unique = sorted(keys)
+        out.update({(table.name, k): None for k in unique})
+        for start in range(0, len(unique), 500):
+            for row in conn.execute(select(table).where(col.in_(unique[start:start + 500]))).mappings():
+                out[(table.name, row[col.name])] = row
+    return out
+
+
 def _existing(conn: Connection, sop_uids: list[str]) -> dict[str, tuple[int, str, int]]:
     """Stored instances among ``sop_uids``: SOP Instance UID -> (pk, blob key, study pk)."""
     i = dicom_instances
@@ -564,6 +684,32 @@ def _existing(conn: Connection, sop_uids: list[str]) -> dict[str, tuple[int, str
                             .where(i.c.sop_uid.in_(unique[start:start + 500]))).all()
         found.update({r.sop_uid: (r.pk, r.blob_key, r.study_pk) for r in rows})
     return found
+
+
+def _summaries(conn: Connection, uids: list[str]) -> dict[str, dict[str, Any]]:
+    st_rows = conn.execute(
+        select(dicom_studies, dicom_patients.c.patient_id, dicom_patients.c.patient_name,
+               dicom_patients.c.patient_birth_date, dicom_patients.c.patient_sex,
+               dicom_patients.c.fhir_id.label("patient_fhir_id"))
+        .join(dicom_patients, dicom_patients.c.pk == dicom_studies.c.patient_pk)
+        .where(dicom_studies.c.study_uid.in_(uids))
+    ).mappings().all()
+    if not st_rows:
+        return {}
+    study_pks = [r["pk"] for r in st_rows]
+    series_of: dict[int, list[dict[str, Any]]] = {}
+    for s in conn.execute(select(dicom_series).where(dicom_series.c.study_pk.in_(study_pks))
+                          .order_by(dicom_series.c.series_number, dicom_series.c.pk)).mappings():
+        series_of.setdefault(s["study_pk"], []).append({**s, "instances": []})
+    by_series = {s["pk"]: s["instances"] for ss in series_of.values() for s in ss}
+    i = dicom_instances
+    for r in conn.execute(select(i.c.series_pk, i.c.sop_uid, i.c.sop_class_uid, i.c.instance_number,
+                                 i.c.number_of_frames)
+                          .where(i.c.study_pk.in_(study_pks)).order_by(i.c.instance_number, i.c.pk)).mappings():
+        target = by_series.get(r["series_pk"])
+        if target is not None:
+            target.append(dict(r))
+    return {r["study_uid"]: {**r, "series": series_of.get(r["pk"], [])} for r in st_rows}
 
 
 def _uid_filters(study: str, series: str | None, sop: str | None) -> list[Any]:

@@ -13,6 +13,11 @@ a key, so a key can never escape the store's root.
 ``open_blob_store`` builds whichever ``Settings.blob_store`` names, so the DICOMweb edge, the DIMSE
 SCP and key rotation all see the same objects.
 
+``put`` is two steps any caller may also take apart: ``stage`` (write + fsync a temp file next to
+the key, invisible to readers) and ``publish`` (rename it into place). The group committer stages
+in the request threads and publishes in its writer, so the writer does no data fsyncs; S3 has no
+cheaper first step and stages nothing.
+
 ``SealedBlobStore`` wraps any store with encryption at rest (``security/at_rest.py``): objects are
 sealed before ``put`` and decrypted chunk by chunk on the way out, so a WADO-RS retrieve still
 streams and the stored ``size`` (plaintext) stays the right Content-Length.
@@ -25,6 +30,8 @@ import re
 import shutil
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
@@ -48,6 +55,14 @@ def instance_key(study: str, series: str, sop: str) -> str:
     return f"{study}/{series}/{sop}.dcm"
 
 
+@dataclass(frozen=True, slots=True)
+class Staged:
+    """An object written by ``stage`` and not yet visible: its key and the store's handle (a temp path)."""
+
+    key: str
+    token: str
+
+
 class BlobStore(Protocol):
     def put(self, key: str, data: bytes, *, sync_dir: bool = True) -> None:
         """Store ``data`` under ``key`` atomically (readers see the old or the new object, never part).
@@ -56,7 +71,18 @@ class BlobStore(Protocol):
         """
 
     def sync(self, keys: list[str]) -> None:
-        """Make earlier ``put(..., sync_dir=False)`` of ``keys`` durable (no-op where puts already are)."""
+        """Make earlier ``put(..., sync_dir=False)`` or ``publish`` of ``keys`` durable (no-op where puts
+        already are)."""
+
+    def stage(self, key: str, data: bytes) -> Staged | None:
+        """Write ``data`` durably for ``key`` where no reader sees it yet; None where the store has no
+        cheaper step than ``put`` (S3: one PutObject). ``publish`` or ``unstage`` it afterwards."""
+
+    def publish(self, staged: Staged) -> None:
+        """Make a staged object visible under its key atomically (replacing any object there)."""
+
+    def unstage(self, staged: Staged) -> None:
+        """Drop a staged object that will not be published (absent is not an error)."""
 
     def open(self, key: str) -> BinaryIO:
         """A readable binary stream; raises FileNotFoundError when the key is absent."""
@@ -92,27 +118,58 @@ class LocalBlobStore:
         return self.root / key
 
     def put(self, key: str, data: bytes, *, sync_dir: bool = True) -> None:
+        staged = self.stage(key, data)
+        try:
+            self.publish(staged)
+        except BaseException:
+            with _quiet():
+                os.unlink(staged.token)
+            raise
+        if self.fsync and sync_dir:
+            _fsync_dir(self._path(key).parent)
+
+    def stage(self, key: str, data: bytes) -> Staged:
+        """A fsynced temp file next to the key's path (the same directory, so ``publish`` is a rename)."""
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".part")
+        for attempt in range(3):  # a concurrent delete may remove the emptied series directory meanwhile
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".part")
+                break
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 if self.fsync:
                     f.flush()
                     os.fsync(f.fileno())
-            os.replace(tmp, path)
         except BaseException:
             with _quiet():
                 os.unlink(tmp)
+            self._prune(path.parent)
             raise
-        if self.fsync and sync_dir:
-            _fsync_dir(path.parent)
+        return Staged(key, tmp)
+
+    def publish(self, staged: Staged) -> None:
+        os.replace(staged.token, self._path(staged.key))
+
+    def unstage(self, staged: Staged) -> None:
+        with _quiet():
+            os.unlink(staged.token)
+        self._prune(self._path(staged.key).parent)
 
     def sync(self, keys: list[str]) -> None:
+        # Side by side: ext4 (jbd2) folds concurrent fsyncs into one journal commit, so 20 series
+        # directories cost about one fsync instead of 20 in a row (the writer waits for this).
         if self.fsync:
-            for parent in sorted({self._path(k).parent for k in keys}):
-                _fsync_dir(parent)
+            parents = sorted({self._path(k).parent for k in keys})
+            if len(parents) < 2:
+                for parent in parents:
+                    _fsync_dir(parent)
+            else:
+                list(_FSYNC_POOL.map(_fsync_dir, parents))
 
     def open(self, key: str) -> BinaryIO:
         return open(self._path(key), "rb")
@@ -130,8 +187,11 @@ class LocalBlobStore:
         path = self._path(key)
         with _quiet():
             path.unlink()
-        # Leave no empty series/study directories behind.
-        for parent in (path.parent, path.parent.parent):
+        self._prune(path.parent)
+
+    def _prune(self, series_dir: Path) -> None:
+        """Leave no empty series/study directories behind."""
+        for parent in (series_dir, series_dir.parent):
             if parent == self.root:
                 break
             try:
@@ -175,6 +235,15 @@ class SealedBlobStore:
 
     def sync(self, keys: list[str]) -> None:
         self.inner.sync(keys)
+
+    def stage(self, key: str, data: bytes) -> Staged | None:
+        return self.inner.stage(key, self.at_rest.seal_bytes(data))
+
+    def publish(self, staged: Staged) -> None:
+        self.inner.publish(staged)
+
+    def unstage(self, staged: Staged) -> None:
+        self.inner.unstage(staged)
 
     def open(self, key: str) -> BinaryIO:
         return self.at_rest.open_plain(self.inner.open(key))
@@ -230,6 +299,9 @@ def blob_store_problems(settings: Settings) -> list[str]:
     except Exception as e:  # noqa: BLE001 - e.g. a malformed endpoint URL
         return [f"blob_store {settings.blob_store}: {type(e).__name__}: {e}"]
     return []
+
+
+_FSYNC_POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="blob-fsync")
 
 
 class _quiet:

@@ -46,9 +46,10 @@ class ImagingStudyLink:
         """
         patients: dict[str, str] = {}
         puts: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
+        summaries = self.archive.study_summaries(studies)  # one read for the batch, not one per study
         for uid in sorted(studies):
             try:
-                prepared = self._prepare(uid, patients)
+                prepared = self._prepare(uid, patients, summaries.get(uid))
             except Exception:  # noqa: BLE001 - one study's link must not stop the others
                 log.exception("could not update ImagingStudy/%s", uid)
                 continue
@@ -72,9 +73,12 @@ class ImagingStudyLink:
         self._put(study_uid, *prepared)
         return study_uid
 
-    def _prepare(self, study_uid: str, patients: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any]] | None:
-        """The ImagingStudy to PUT and the study summary; a study gone from the archive is DELETEd (None)."""
-        summary = self.archive.study_summary(study_uid)
+    def _prepare(self, study_uid: str, patients: dict[str, str], summary: dict[str, Any] | None = None,
+                 ) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """The ImagingStudy to PUT and the study summary (read unless given); a study gone from the
+        archive is DELETEd (None)."""
+        if summary is None:
+            summary = self.archive.study_summary(study_uid)
         if summary is None:
             resp = self._call(FhirRequest("DELETE", f"ImagingStudy/{study_uid}"))
             if resp.status >= 400 and resp.status != 404:
@@ -103,9 +107,9 @@ class ImagingStudyLink:
             log.warning("ImagingStudy transaction of %d studies answered %d; writing them one by one",
                         len(puts), resp.status)
             return False
-        for uid, _, summary in puts:
-            if summary.get("fhir_id") != uid:
-                self.archive.set_study_link(uid, uid)
+        unlinked = [uid for uid, _, summary in puts if summary.get("fhir_id") != uid]
+        if unlinked:
+            self.archive.link_studies(unlinked)
         return True
 
     def _patient(self, summary: dict[str, Any]) -> str:

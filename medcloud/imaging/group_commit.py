@@ -4,7 +4,9 @@ Why: every STOW-RS request (and every C-STORE) used to run its own write transac
 SQLite there is one writer at a time, so under concurrency a quarter of the time went to waiting
 for the write lock, and each request then paid its own patient/study/series upserts, recount,
 directory fsync and ImagingStudy update. Here request threads parse and validate first
-(``Archive.prepare``, no I/O, runs in parallel with the writer), then queue; the writer takes
+(``Archive.prepare``) and write their files to fsynced temp names (``Archive.stage``), both in
+parallel with the writer's current batch, then queue; the writer only renames the files into place,
+fsyncs their directories (side by side), writes the index and commits. It takes
 *everything* queued (up to ``max_batch`` instances; a single larger request is never split) and
 stores it with one ``Archive.commit``, where one bad instance still fails alone (savepoints).
 Batches form by themselves: while one commits, the next requests queue, so N busy clients give
@@ -59,7 +61,7 @@ class GroupCommit:
 
     def store_many(self, items: Iterable[bytes], *, study_uid: str | None = None) -> list[StoreResult]:
         """``Archive.store_many`` through the writer: one result per item, in order."""
-        prepared = [self.archive.prepare(data, study_uid=study_uid) for data in items]
+        prepared = self.archive.stage([self.archive.prepare(data, study_uid=study_uid) for data in items])
         if all(p.refused is not None for p in prepared):
             return [p.refused for p in prepared if p.refused is not None]
         req = _Request(prepared)

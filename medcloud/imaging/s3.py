@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from typing import Any, BinaryIO, cast
 
 from medcloud.errors import Busy
-from medcloud.imaging.blobs import CHUNK
+from medcloud.imaging.blobs import CHUNK, Staged
 
 DELETE_BATCH = 1000  # DeleteObjects takes at most 1000 keys
 _SPOOL = 16 * 1024 * 1024  # a header rewrite keeps objects up to this size in memory, larger on disk
@@ -104,6 +104,15 @@ class S3BlobStore:
 
     def sync(self, keys: list[str]) -> None:
         return None  # a PutObject that returned is durable
+
+    def stage(self, key: str, data: bytes) -> Staged | None:
+        return None  # no cheaper step than the PutObject itself (a temp object would cost a copy)
+
+    def publish(self, staged: Staged) -> None:
+        raise NotImplementedError("S3BlobStore never stages")
+
+    def unstage(self, staged: Staged) -> None:
+        return None
 
     def open(self, key: str) -> BinaryIO:
         with self._errors("read", key):
