@@ -89,12 +89,31 @@ class Server:
             try:
                 r = httpx.get(self.base + "/metadata", timeout=5)
                 if r.status_code == 200:
-                    return time.perf_counter() - t0
+                    started = time.perf_counter() - t0
+                    self.wait_quiet()
+                    return started
                 last = f"HTTP {r.status_code}"
             except httpx.HTTPError as e:
                 last = type(e).__name__
             time.sleep(0.2)
         raise RuntimeError(f"server did not answer /fhir/metadata within {timeout:.0f}s ({last})")
+
+    def wait_quiet(self, timeout: float = 60.0, below: float = 0.1) -> None:
+        """Wait until the server's processes use less than ``below`` of a core for a second: each
+        worker compiles its validators in a background thread after it answers (app.py
+        ``_warm_then_freeze``), and a measurement started meanwhile shares the GIL with that work."""
+        import psutil
+
+        assert self.proc is not None
+        root = psutil.Process(self.proc.pid)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            procs = [root, *root.children(recursive=True)]
+            before = sum(sum(q.cpu_times()[:2]) for q in procs if q.is_running())
+            time.sleep(1.0)
+            after = sum(sum(q.cpu_times()[:2]) for q in procs if q.is_running())
+            if after - before < below:
+                return
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
