@@ -33,13 +33,14 @@ from medcloud.errors import (
 )
 from medcloud.fhir.context import FhirContext
 from medcloud.fhir.exchange import STATUS_BY_CATEGORY, Principal
-from medcloud.imaging import native_model, qido, render
-from medcloud.imaging._multipart import media_type, new_boundary, parse_related, write_related
+from medcloud.imaging import native_model, qido, render, stow_metadata
+from medcloud.imaging._multipart import Part, media_type, new_boundary, parse_related, write_related
 from medcloud.imaging.access import ImagingAccess
 from medcloud.imaging.archive import Archive, ArchiveConfig, InstanceRef, StoreResult
 from medcloud.imaging.blobs import open_blob_store, valid_uid
 from medcloud.imaging.fhir_link import ImagingStudyLink
 from medcloud.imaging.group_commit import GroupCommit
+from medcloud.imaging.status import CANNOT_UNDERSTAND, store_status
 from medcloud.security.http import EdgeAuth, unauthorized_response
 from medcloud.storage.sql.database import Database
 
@@ -235,13 +236,15 @@ class _DicomWeb:
         if not boundary:
             raise Invalid("the multipart/related Content-Type has no boundary")
         rtype = params.get("type", "application/dicom").lower()
-        if rtype != "application/dicom":
-            raise UnsupportedMedia(f"only type=\"application/dicom\" is accepted (got {rtype!r}); "
-                                   "the metadata+bulkdata form of STOW-RS is not supported")
+        if rtype not in ("application/dicom", DICOM_JSON, DICOM_XML):
+            raise UnsupportedMedia(f"STOW-RS takes type=\"application/dicom\" (Part-10 instances) or "
+                                   f"\"{DICOM_JSON}\" / \"{DICOM_XML}\" (metadata + bulk data), not {rtype!r}")
         body = await _read_body(request, MAX_REQUEST_BYTES)
         parts = parse_related(body, boundary)
         if not parts:
             raise Invalid("the request contains no parts")
+        if rtype != "application/dicom":  # the metadata + bulk data form (PS3.18 §10.5.1.2)
+            return await self._stow_metadata(request, parts, rtype, study, media)
         datas: list[bytes] = []
         rejected: dict[int, StoreResult] = {}
         for n, part in enumerate(parts):
@@ -252,6 +255,19 @@ class _DicomWeb:
         stored = await run_in_threadpool(self._store, [d for n, d in enumerate(datas) if n not in rejected], study)
         it = iter(stored)
         results = [rejected[n] if n in rejected else next(it) for n in range(len(datas))]
+        return self._stow_response(request, results, study, media)
+
+    async def _stow_metadata(self, request: Request, parts: list[Part], rtype: str, study: str | None,
+                             media: str) -> Response:
+        bases = (str(request.url), self.base(request))
+        built = await run_in_threadpool(functools.partial(stow_metadata.assemble, parts, rtype, bases=bases))
+        datas = [b.data for b in built if b.data is not None]
+        stored = iter(await run_in_threadpool(self._store, datas, study))
+        results = [next(stored) if b.data is not None else
+                   StoreResult(store_status(b.error) if b.error else CANNOT_UNDERSTAND,
+                               sop_class_uid=b.sop_class_uid, sop_instance_uid=b.sop_instance_uid,
+                               reason=b.error.message if b.error else None)
+                   for b in built]
         return self._stow_response(request, results, study, media)
 
     def _store(self, datas: list[bytes], study: str | None) -> list[StoreResult]:

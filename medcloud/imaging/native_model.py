@@ -26,6 +26,8 @@ from typing import Any
 
 from pydicom.datadict import keyword_for_tag
 
+from medcloud.errors import Invalid
+
 NAMESPACE = "http://dicom.nema.org/PS3.19/models/NativeDICOM"
 XML_SPACE = "{http://www.w3.org/XML/1998/namespace}space"
 NAME_COMPONENTS = ("FamilyName", "GivenName", "MiddleName", "NamePrefix", "NameSuffix")
@@ -121,3 +123,126 @@ def multipart_parts(objs: Iterable[dict[str, Any]]) -> Iterable[tuple[dict[str, 
     """Parts for ``write_related``: one ``application/dicom+xml`` document per object (PS3.18 §10.6.3.3)."""
     for obj in objs:
         yield {"Content-Type": "application/dicom+xml; charset=utf-8"}, [to_xml(obj)]
+
+
+# -- XML -> DICOM JSON (STOW-RS with application/dicom+xml, PS3.18 §10.5.1.2) -----------------------
+
+# VRs whose values are JSON numbers (PS3.18 F.2.3.1); AT stays a string, SV/UV numbers too.
+_NUMBER_VRS = frozenset({"DS", "FL", "FD", "IS", "SL", "SS", "SV", "UL", "US", "UV"})
+
+
+def from_xml(doc: bytes) -> dict[str, Any]:
+    """One ``NativeDicomModel`` document as a DICOM JSON object: the inverse of ``to_xml``.
+
+    Private attributes (``tag="gggg00ee"`` + ``privateCreator``) get a block of their group and
+    its Private Creator element back. Raises Invalid for a document that is not a Native DICOM Model.
+    """
+    # A Native DICOM Model document has no DTD; refusing one keeps entity expansion out entirely.
+    if b"<!DOCTYPE" in doc or b"<!ENTITY" in doc:
+        raise Invalid("the application/dicom+xml part has a DOCTYPE / ENTITY declaration; none is allowed")
+    try:
+        root = ET.fromstring(doc)
+    except ET.ParseError as e:
+        raise Invalid(f"the application/dicom+xml part is not well-formed XML: {e}") from e
+    if _local(root.tag) != "NativeDicomModel" or _ns(root.tag) not in ("", NAMESPACE):
+        raise Invalid(f"the XML part's root is {root.tag!r}, not NativeDicomModel ({NAMESPACE})")
+    try:
+        return _read_dataset(root)
+    except (ValueError, KeyError, TypeError, RecursionError) as e:
+        raise Invalid(f"malformed NativeDicomModel: {type(e).__name__}: {e}") from e
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+def _ns(tag: str) -> str:
+    return tag[1:].split("}", 1)[0] if tag.startswith("{") else ""
+
+
+def _children(node: ET.Element, name: str) -> list[ET.Element]:
+    return [c for c in node if isinstance(c.tag, str) and _local(c.tag) == name]
+
+
+def _read_dataset(node: ET.Element) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    blocks: dict[tuple[int, str], int] = {}  # (group, creator) -> block number
+    for attr in _children(node, "DicomAttribute"):
+        tag = (attr.get("tag") or "").upper()
+        if len(tag) != 8 or any(c not in "0123456789ABCDEF" for c in tag):
+            raise ValueError(f"DicomAttribute tag {attr.get('tag')!r} is not 8 hex digits")
+        creator = attr.get("privateCreator")
+        group, elem = int(tag[:4], 16), int(tag[4:], 16)
+        if creator is not None and group % 2 == 1 and elem <= 0xFF:
+            tag = _private_tag(out, blocks, group, elem, creator)
+        el: dict[str, Any] = {}
+        if attr.get("vr"):
+            el["vr"] = attr.get("vr")
+        el.update(_read_value(attr, el.get("vr")))
+        out[tag] = el
+    return dict(sorted(out.items()))
+
+
+def _private_tag(out: dict[str, Any], blocks: dict[tuple[int, str], int], group: int, elem: int,
+                 creator: str) -> str:
+    """``gggg,xxee`` for a private element; its creator ``gggg,00xx`` is added once per block."""
+    block = blocks.get((group, creator))
+    if block is None:
+        used = {b for (g, _), b in blocks.items() if g == group}
+        used |= {int(t[4:], 16) for t in out if int(t[:4], 16) == group and int(t[4:], 16) <= 0xFF}
+        block = next((b for b in range(0x10, 0x100) if b not in used), None)
+        if block is None:
+            raise ValueError(f"more than 240 private creators in group {group:04X}")
+        blocks[(group, creator)] = block
+        out[f"{group:04X}{block:04X}"] = {"vr": "LO", "Value": [creator]}
+    return f"{group:04X}{block:02X}{elem & 0xFF:02X}"
+
+
+def _read_value(attr: ET.Element, vr: str | None) -> dict[str, Any]:
+    if (bulk := next(iter(_children(attr, "BulkData")), None)) is not None:
+        uri = bulk.get("uri") or bulk.get("uuid")
+        if not uri:
+            raise ValueError(f"BulkData of {attr.get('tag')} has no uri")
+        return {"BulkDataURI": uri}
+    if (inline := next(iter(_children(attr, "InlineBinary")), None)) is not None:
+        return {"InlineBinary": "".join((inline.text or "").split())}
+    if vr == "SQ":
+        items = _numbered(_children(attr, "Item"))
+        return {"Value": [_read_dataset(i) for i in items]} if items else {}
+    if vr == "PN":
+        names = _numbered(_children(attr, "PersonName"))
+        return {"Value": [_read_person_name(n) for n in names]} if names else {}
+    values = _numbered(_children(attr, "Value"))
+    if not values:
+        return {}
+    return {"Value": [_read_text(v.text, vr) for v in values]}
+
+
+def _numbered(nodes: list[ET.Element]) -> list[ET.Element]:
+    """Nodes in ``number`` order (1..n, PS3.19 §A.1.6); a missing number keeps document order."""
+    keyed = [(int(n.get("number") or i), n) for i, n in enumerate(nodes, start=1)]
+    return [n for _, n in sorted(keyed, key=lambda kn: kn[0])]
+
+
+def _read_person_name(node: ET.Element) -> dict[str, str] | None:
+    out = {}
+    for group in PN_GROUPS:
+        g = next(iter(_children(node, group)), None)
+        if g is None:
+            continue
+        parts = [(next(iter(_children(g, name)), None)) for name in NAME_COMPONENTS]
+        text = "^".join((p.text or "") if p is not None else "" for p in parts).rstrip("^")
+        if text:
+            out[group] = text
+    return out or None
+
+
+def _read_text(text: str | None, vr: str | None) -> Any:
+    if text is None or text == "":
+        return None
+    if vr in _NUMBER_VRS:
+        number = float(text)
+        if vr in ("DS", "FL", "FD"):
+            return int(number) if number.is_integer() and "." not in text and "e" not in text.lower() else number
+        return int(text.strip())
+    return text

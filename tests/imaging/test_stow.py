@@ -51,8 +51,9 @@ def test_wrong_content_type_is_415_with_a_json_body(dw) -> None:
     r = dw.post("/dicomweb/studies", content=instance(), headers={"Content-Type": "application/dicom"})
     assert r.status_code == 415
     assert r.json()["category"] == "unsupported-media"
+    # dicom+json / dicom+xml are the metadata + bulk data form (test_stow_metadata.py); other types are 415
     r = dw.post("/dicomweb/studies", content=b"{}",
-                headers={"Content-Type": 'multipart/related; type="application/dicom+json"; boundary=x'})
+                headers={"Content-Type": 'multipart/related; type="application/pdf"; boundary=x'})
     assert r.status_code == 415
 
 
