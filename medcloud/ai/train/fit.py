@@ -68,16 +68,33 @@ class ConvNet(nn.Module):
 
 
 class Served(nn.Module):
-    """What is exported: members (+ flip) -> mean logits -> / temperature -> softmax."""
+    """What is exported: members (+ flip) -> mean logits -> / temperature -> softmax.
 
-    def __init__(self, members: list[nn.Module], temperature: float, hflip: bool):
+    Members of different kinds (a HOG + MLP and a CNN) put their logits on different scales, so each
+    can get its own temperature (``member_temperatures``, fitted on validation NLL): the graph then
+    averages the members' calibrated logits, and the ensemble's own temperature comes after."""
+
+    def __init__(self, members: list[nn.Module], temperature: float, hflip: bool,
+                 member_temperatures: list[float] | None = None):
         super().__init__()
+        if member_temperatures is not None and len(member_temperatures) != len(members):
+            raise ValueError(f"{len(member_temperatures)} member temperatures for {len(members)} members")
         self.members = nn.ModuleList(members)
         self.temperature: torch.Tensor
         self.register_buffer("temperature", torch.tensor(float(temperature)))
+        self.member_temperatures: torch.Tensor | None
+        self.register_buffer("member_temperatures", None if member_temperatures is None else
+                             torch.tensor([float(t) for t in member_temperatures]).view(-1, 1, 1))
         self.hflip = hflip
 
+    def member_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(members, N, classes): each member's logits, averaged over the views (image, mirror image)."""
+        views = [x, torch.flip(x, dims=[3])] if self.hflip else [x]
+        return torch.stack([torch.stack([m(v) for v in views]).mean(dim=0) for m in self.members])
+
     def logits(self, x: torch.Tensor) -> torch.Tensor:
+        if self.member_temperatures is not None:
+            return (self.member_logits(x) / self.member_temperatures).mean(dim=0)
         views = [x, torch.flip(x, dims=[3])] if self.hflip else [x]
         outs = [m(v) for m in self.members for v in views]
         return torch.stack(outs).mean(dim=0)
