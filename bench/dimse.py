@@ -161,7 +161,7 @@ def main() -> None:
                   + (f"; Orthanc {o['per_chunk']}" if o else ""), flush=True)
     report["runs"] = runs
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{started.strftime('%Y-%m-%dT%H%MZ')}-dimse.json"
+    path = RESULTS / f"{started.strftime('%Y-%m-%dT%H%M%SZ')}-dimse.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(f"results: {path.relative_to(ROOT)}")
 
