@@ -33,7 +33,7 @@ from medcloud.errors import (
 )
 from medcloud.fhir.context import FhirContext
 from medcloud.fhir.exchange import STATUS_BY_CATEGORY, Principal
-from medcloud.imaging import native_model, qido, render, stow_metadata
+from medcloud.imaging import native_model, negotiation, qido, render, stow_metadata
 from medcloud.imaging._multipart import Part, media_type, new_boundary, parse_related, write_related
 from medcloud.imaging.access import ImagingAccess
 from medcloud.imaging.archive import Archive, ArchiveConfig, InstanceRef, StoreResult
@@ -46,9 +46,7 @@ from medcloud.storage.sql.database import Database
 
 log = logging.getLogger("medcloud.dicomweb")
 
-DICOM_JSON = "application/dicom+json"
-DICOM_XML = "application/dicom+xml"
-RENDERED_TYPES = ("image/jpeg", "image/png", "image/gif")  # PS3.18 §8.7.4: default + required
+DICOM_JSON, DICOM_XML, RENDERED_TYPES = negotiation.DICOM_JSON, negotiation.DICOM_XML, negotiation.RENDERED_TYPES
 THUMBNAIL_VIEWPORT = (128, 128)
 MAX_REQUEST_BYTES = 2 * 1024 * 1024 * 1024  # a STOW-RS body (the archive limits each instance too)
 SUPPORTED_TS = "*"
@@ -228,7 +226,7 @@ class _DicomWeb:
 
     async def stow(self, request: Request, study: str | None) -> Response:
         # The response type is settled before anything is stored: a 406 must not follow a store.
-        media = _json_or_xml(request, "a STOW-RS response", multipart=False)
+        media = negotiation.json_or_xml(request, "a STOW-RS response", multipart=False)
         ctype, params = media_type(request.headers.get("content-type", ""))
         if ctype != "multipart/related":
             raise UnsupportedMedia(f"STOW-RS needs multipart/related; type=\"application/dicom\", got {ctype!r}")
@@ -321,7 +319,7 @@ class _DicomWeb:
         return await self.qido(request, "instance")
 
     async def qido(self, request: Request, level: qido.Level) -> Response:
-        xml = _qido_media(request) == DICOM_XML
+        xml = negotiation.qido_media(request) == DICOM_XML
         base = self.base(request)
         params = parse_qsl(request.url.query, keep_blank_values=True)
         q = qido.parse_query(level, params, study_uid=request.path_params.get("study"),
@@ -361,7 +359,7 @@ class _DicomWeb:
 
     async def retrieve(self, request: Request, study: str, series: str | None = None,
                        sop: str | None = None) -> Response:
-        wanted_ts = _accept_dicom(request)
+        wanted_ts = negotiation.accept_dicom(request)
         refs = await run_in_threadpool(self.archive.instances, study, series, sop)
         convert = wanted_ts not in ("*", None) and any(r.transfer_syntax_uid != wanted_ts for r in refs)
         if convert and wanted_ts not in render.TRANSCODE_TARGETS:
@@ -394,7 +392,7 @@ class _DicomWeb:
             "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'})
 
     async def metadata(self, request: Request) -> Response:
-        xml = _json_or_xml(request, "WADO-RS metadata") == DICOM_XML
+        xml = negotiation.json_or_xml(request, "WADO-RS metadata") == DICOM_XML
         p = request.path_params
         objs = await run_in_threadpool(self.archive.metadata, p["study"], p.get("series"), p.get("instance"))
         base = self.base(request).encode()
@@ -411,7 +409,7 @@ class _DicomWeb:
     async def frames(self, request: Request) -> Response:
         p = request.path_params
         numbers = _frame_numbers(p["frames"])
-        _accept(request, ("multipart/related", "application/octet-stream"))
+        negotiation.accept(request, ("multipart/related", "application/octet-stream"))
         ref = await self._one(p)
         data = await run_in_threadpool(self.archive.blobs.read, ref.blob_key)
         out = await run_in_threadpool(render.frames, data, numbers)
@@ -447,7 +445,7 @@ class _DicomWeb:
         Instances without pixel data (SR, KOS...) have no rendered form and are left out.
         """
         p = request.path_params
-        media = _rendered_multipart_media(request)
+        media = negotiation.rendered_multipart_media(request)
         window, viewport, quality = _render_params(request, None)
         refs = await run_in_threadpool(self.archive.instances, p["study"], p.get("series"))
         blobs, base = self.archive.blobs, self.base(request)
@@ -489,7 +487,7 @@ class _DicomWeb:
         pixels are rendered, no text, so no patient-identifying annotation is added (§10.4.3.3.4).
         """
         p = request.path_params
-        media = _accept(request, RENDERED_TYPES, default="image/jpeg")
+        media = negotiation.accept(request, RENDERED_TYPES, default="image/jpeg")
         window, viewport, quality = _render_params(request, THUMBNAIL_VIEWPORT)
         refs = await run_in_threadpool(self.archive.instances, p["study"], p.get("series"))
         by_series: dict[str, list[InstanceRef]] = {}
@@ -517,7 +515,7 @@ class _DicomWeb:
             if len(numbers) != 1:
                 raise Invalid("rendered frames take exactly one frame number")
             frame = numbers[0]
-        media = _accept(request, RENDERED_TYPES, default="image/jpeg")
+        media = negotiation.accept(request, RENDERED_TYPES, default="image/jpeg")
         window, viewport, quality = _render_params(request, default_viewport)
         ref = await self._one(p)
         data = await run_in_threadpool(self.archive.blobs.read, ref.blob_key)
@@ -559,50 +557,6 @@ def _render_params(request: Request, default_viewport: tuple[int, int] | None
     return window, viewport, min(max(quality, 1), 100)
 
 
-def _qido_media(request: Request) -> str:
-    """QIDO-RS response type (PS3.18 §10.6.4): DICOM JSON (default) or multipart DICOM XML; else 406."""
-    return _json_or_xml(request, "QIDO-RS")
-
-
-def _json_or_xml(request: Request, what: str, *, multipart: bool = True) -> str:
-    """DICOM JSON (the default) or DICOM XML by the Accept header; else 406. XML comes as
-    ``multipart/related; type="application/dicom+xml"`` (one document per object: QIDO-RS results,
-    WADO-RS metadata) or, for a single data set (``multipart=False``: the STOW-RS response), as
-    ``application/dicom+xml`` itself."""
-    accepts = _accepts(request)
-    if not accepts:
-        return DICOM_JSON
-    for mt, params in accepts:
-        if mt in (DICOM_JSON, "application/json", "*/*", "application/*"):
-            return DICOM_JSON
-        if multipart and mt in ("multipart/related", "multipart/*") and \
-                params.get("type", DICOM_XML).lower() == DICOM_XML:
-            return DICOM_XML
-        if not multipart and mt == DICOM_XML:
-            return DICOM_XML
-    xml = f'multipart/related; type="{DICOM_XML}"' if multipart else DICOM_XML
-    raise NotAcceptable(f"cannot produce {request.headers.get('accept')!r}; {what} answers {DICOM_JSON} or {xml}")
-
-
-def _rendered_multipart_media(request: Request) -> str:
-    """The image type inside a multipart rendered study/series; single-part types alone are 406."""
-    accepts = _accepts(request)
-    if not accepts:
-        return "image/jpeg"
-    for mt, params in accepts:
-        if mt in ("*/*", "multipart/*"):
-            return "image/jpeg"
-        if mt == "multipart/related":
-            t = params.get("type", "image/jpeg").lower()
-            if t in RENDERED_TYPES:
-                return t
-            if t in ("*/*", "image/*"):
-                return "image/jpeg"
-    raise NotAcceptable(f"cannot produce {request.headers.get('accept')!r}: a rendered study or series is "
-                        'multipart/related; type="image/jpeg" (or "image/png", "image/gif"), one part per frame; '
-                        "ask .../thumbnail for a single image")
-
-
 async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
@@ -614,66 +568,6 @@ async def _read_body(request: Request, limit: int) -> bytes:
             raise TooLarge(f"request body exceeds the limit of {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def _accepts(request: Request) -> list[tuple[str, dict[str, str]]]:
-    """The acceptable media types in the order they are tried: the ``accept`` query parameter's first
-    (PS3.18 §8.3.3.1, for user agents that cannot set headers, e.g. a link in a browser), then the
-    Accept header's (§8.7.8.1: the header is used when none of the parameter's types is supported)."""
-    out = [media_type(item) for value in request.query_params.getlist("accept") for item in _split_accept(value)]
-    header = request.headers.get("accept", "")
-    if header.strip():
-        out += [media_type(item) for item in _split_accept(header)]
-    return out
-
-
-def _split_accept(header: str) -> list[str]:
-    items: list[str] = []
-    cur: list[str] = []
-    quoted = False
-    for ch in header:
-        if ch == '"':
-            quoted = not quoted
-        if ch == "," and not quoted:
-            items.append("".join(cur))
-            cur = []
-        else:
-            cur.append(ch)
-    items.append("".join(cur))
-    return [i.strip() for i in items if i.strip()]
-
-
-def _accept(request: Request, offered: tuple[str, ...], default: str | None = None) -> str:
-    """The first offered media type the Accept header allows (absent or */*: the first offered)."""
-    accepts = _accepts(request)
-    if not accepts:
-        return default or offered[0]
-    for mt, _ in accepts:
-        if mt in offered:
-            return mt
-        if mt in ("*/*", "application/*", "image/*") and (default or offered[0]).startswith(mt[:-1].rstrip("*")):
-            return default or offered[0]
-        if mt in ("*/*",):
-            return default or offered[0]
-    raise NotAcceptable(f"cannot produce {request.headers.get('accept')!r}; this resource offers {', '.join(offered)}")
-
-
-def _accept_dicom(request: Request) -> str | None:
-    """The transfer syntax asked for by Accept for a DICOM retrieve (None: no preference)."""
-    accepts = _accepts(request)
-    if not accepts:
-        return None
-    for mt, params in accepts:
-        if mt in ("*/*", "multipart/*"):
-            return None
-        if mt == "multipart/related":
-            t = params.get("type", "application/dicom").lower()
-            if t in ("application/dicom", "*/*"):
-                return params.get("transfer-syntax")
-            continue
-        if mt == "application/dicom":
-            return params.get("transfer-syntax")
-    raise NotAcceptable('instances are served as multipart/related; type="application/dicom"')
 
 
 def _frame_numbers(text: str) -> list[int]:
