@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -59,6 +60,11 @@ class Services:
         worker.idle_hooks.append(_every(10.0, _analyze_when_grown(self.db)))
         if self.imaging is not None:
             worker.idle_hooks.append(_every(1.0, self.imaging.mark_stable))
+            # Staged DICOM files a killed process never published: swept at start and every 6 h, in
+            # its own thread (a walk of a large archive must not hold up the jobs).
+            blobs = self.imaging.blobs
+            worker.idle_hooks.append(_every(6 * 3600.0, _in_background(
+                "imaging-sweep", lambda: _log_sweep(blobs.sweep_staged(older_than=3600.0)))))
         if self.ai_reads is not None:
             from medcloud.ai.reads import KIND as AI_READ
 
@@ -213,15 +219,44 @@ def _analyze_when_grown(db: Database) -> Callable[[], None]:
 
 
 def _every(seconds: float, fn: Callable[[], object]) -> Callable[[], None]:
-    last = [0.0]
+    """A hook that calls ``fn`` at its first call and then at most every ``seconds``."""
+    last: list[float | None] = [None]
 
     def hook() -> None:
         now = time.monotonic()
-        if now - last[0] >= seconds:
+        previous = last[0]
+        if previous is None or now - previous >= seconds:
             last[0] = now
             fn()
 
     return hook
+
+
+def _in_background(name: str, fn: Callable[[], object]) -> Callable[[], None]:
+    """A hook that runs ``fn`` in a daemon thread, unless the previous run is still going."""
+    import threading
+
+    running = threading.Lock()
+
+    def run() -> None:
+        try:
+            fn()
+        except Exception:  # noqa: BLE001 - housekeeping: log and try again next time
+            logging.getLogger("medcloud").exception("%s failed", name)
+        finally:
+            running.release()
+
+    def hook() -> None:
+        if running.acquire(blocking=False):
+            threading.Thread(target=run, name=name, daemon=True).start()
+
+    return hook
+
+
+def _log_sweep(removed: int) -> None:
+    if removed:
+        logging.getLogger("medcloud.imaging").warning("removed %d staged DICOM files left by an interrupted store",
+                                                      removed)
 
 
 SETTINGS_ENV = "MEDCLOUD__SETTINGS_JSON"

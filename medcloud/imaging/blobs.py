@@ -29,6 +29,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -102,6 +103,10 @@ class BlobStore(Protocol):
 
     def keys(self, prefix: str = "") -> Iterator[str]:
         """Every stored key starting with ``prefix`` (key rotation walks them; order unspecified)."""
+
+    def sweep_staged(self, older_than: float) -> int:
+        """Remove staged objects a killed process left unpublished, older than ``older_than``
+        seconds; returns how many (0 where the store never stages)."""
 
 
 class LocalBlobStore:
@@ -222,6 +227,24 @@ class LocalBlobStore:
                     yield key
 
 
+    def sweep_staged(self, older_than: float) -> int:
+        """``.tmp-*.part`` files of ``stage``/``put`` older than ``older_than`` s: a process killed
+        between staging and publishing (or during a put) leaves them; nothing ever reads them."""
+        cutoff = time.time() - older_than
+        removed = 0
+        for dirpath, _dirs, names in os.walk(self.root):
+            for name in names:
+                if not (name.startswith(".tmp-") and name.endswith(".part")):
+                    continue
+                path = Path(dirpath) / name
+                with _quiet():
+                    if path.stat().st_mtime < cutoff:
+                        path.unlink()
+                        removed += 1
+                        self._prune(path.parent)
+        return removed
+
+
 class SealedBlobStore:
     """Envelope-encrypts objects of ``inner`` (``put`` seals, reads decrypt; plaintext objects still read)."""
 
@@ -265,6 +288,9 @@ class SealedBlobStore:
 
     def keys(self, prefix: str = "") -> Iterator[str]:
         return self.inner.keys(prefix)
+
+    def sweep_staged(self, older_than: float) -> int:
+        return self.inner.sweep_staged(older_than)
 
 
 def raw_blob_store(settings: Settings) -> BlobStore:

@@ -7,7 +7,7 @@ produce, its default for a wildcard or no preference, and raises NotAcceptable (
 
 from __future__ import annotations
 
-from starlette.requests import Request
+from typing import Any, Protocol
 
 from medcloud.errors import NotAcceptable
 from medcloud.imaging._multipart import media_type
@@ -15,6 +15,16 @@ from medcloud.imaging._multipart import media_type
 DICOM_JSON = "application/dicom+json"
 DICOM_XML = "application/dicom+xml"
 RENDERED_TYPES = ("image/jpeg", "image/png", "image/gif")  # PS3.18 §8.7.4: default + required
+
+
+class Request(Protocol):
+    """What negotiation reads of a request (a Starlette request has both; no web framework here)."""
+
+    @property
+    def headers(self) -> Any: ...
+
+    @property
+    def query_params(self) -> Any: ...
 
 
 def qido_media(request: Request) -> str:

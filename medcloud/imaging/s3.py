@@ -114,6 +114,9 @@ class S3BlobStore:
     def unstage(self, staged: Staged) -> None:
         return None
 
+    def sweep_staged(self, older_than: float) -> int:
+        return 0  # nothing is ever staged (an interrupted PutObject stores nothing)
+
     def open(self, key: str) -> BinaryIO:
         with self._errors("read", key):
             body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]

@@ -127,3 +127,43 @@ def test_invalid_uids_never_become_keys(uid: str) -> None:
     assert not valid_uid(uid)
     with pytest.raises(ValueError):
         instance_key(uid, "1", "2")
+
+
+def test_staged_files_a_killed_process_left_are_swept_when_old(tmp_path: Path) -> None:
+    """A process killed between ``stage`` and ``publish`` leaves a ``.tmp-*.part`` file that nothing
+    reads; the sweep removes it once old (never one still in flight) and the emptied folders."""
+    import os
+    import time
+
+    store = LocalBlobStore(tmp_path)
+    key = instance_key("1.2.3", "1.2.3.4", "1.2.3.4.5")
+    store.put(key, b"kept")
+    orphan = store.stage(instance_key("1.2.3", "1.2.3.9", "1.2.3.9.1"), b"left behind")
+    in_flight = store.stage(instance_key("1.2.3", "1.2.3.4", "1.2.3.4.6"), b"being stored")
+    assert orphan is not None and in_flight is not None
+    old = time.time() - 7200
+    os.utime(orphan.token, (old, old))
+    assert store.sweep_staged(older_than=3600) == 1
+    assert not Path(orphan.token).exists() and not (tmp_path / "1.2.3" / "1.2.3.9").exists()
+    assert Path(in_flight.token).exists() and store.read(key) == b"kept"
+    store.publish(in_flight)  # the in-flight one still publishes
+    assert store.read(instance_key("1.2.3", "1.2.3.4", "1.2.3.4.6")) == b"being stored"
+    assert store.sweep_staged(older_than=3600) == 0
+
+
+def test_the_app_worker_sweeps_old_staged_files_in_the_background(services) -> None:  # type: ignore[no-untyped-def]
+    import os
+    import time
+
+    assert services.imaging is not None
+    staged = services.imaging.blobs.stage(instance_key("1.2.3", "1.2.3.4", "1.2.3.4.5"), b"orphan")
+    assert staged is not None
+    old = time.time() - 7200
+    os.utime(staged.token, (old, old))
+    worker = services.job_worker()
+    for hook in worker.idle_hooks:
+        hook()
+    deadline = time.monotonic() + 10
+    while Path(staged.token).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Path(staged.token).exists()
