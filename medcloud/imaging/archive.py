@@ -454,6 +454,55 @@ class Archive:
                 conn.execute(update(st).where(st.c.study_uid.in_(studies[start:start + 500]))
                              .values(fhir_id=st.c.study_uid))
 
+    def check_blobs(self, *, repair: bool = False, min_age: float = 3600.0, batch: int = 1000) -> BlobCheck:
+        """Compare the blob store with the index (``medcloud dicom fsck``).
+
+        An *orphan* is an object no index row points to: a process killed after publishing a batch's
+        files and before its index commit, or a blob delete that failed after the rows were gone.
+        Nothing serves orphans; ``repair`` deletes them once they are ``min_age`` seconds old (a
+        younger one may belong to a batch about to commit), and sweeps staged temp files as old.
+        A *missing* object (a row whose file is gone) cannot be repaired here: it is reported.
+        """
+        i = dicom_instances
+        orphans: list[str] = []
+        seen = 0
+        pending: list[str] = []
+
+        def flush() -> None:
+            if not pending:
+                return
+            with self.db.read() as conn:
+                known = {r[0] for r in conn.execute(select(i.c.blob_key).where(i.c.blob_key.in_(pending)))}
+            orphans.extend(k for k in pending if k not in known)
+            pending.clear()
+
+        for key in self.blobs.keys(prefix=""):
+            seen += 1
+            pending.append(key)
+            if len(pending) >= batch:
+                flush()
+        flush()
+        missing: list[str] = []
+        after = -1
+        while True:
+            with self.db.read() as conn:
+                rows = conn.execute(select(i.c.pk, i.c.blob_key).where(i.c.pk > after).order_by(i.c.pk)
+                                    .limit(batch)).all()
+            if not rows:
+                break
+            after = rows[-1].pk
+            missing.extend(r.blob_key for r in rows if not self.blobs.exists(r.blob_key))
+        removed = swept = 0
+        if repair:
+            cutoff = time.time() - min_age
+            for key in orphans:
+                if self.blobs.modified(key) < cutoff:
+                    self.blobs.delete(key)
+                    removed += 1
+            swept = self.blobs.sweep_staged(older_than=min_age)
+        return BlobCheck(objects=seen, orphans=tuple(orphans), missing=tuple(missing), removed=removed,
+                         swept=swept)
+
     def reindex_extra(self, batch: int = 500) -> int:
         """Rebuild ``dicom_extra_index`` for every stored instance from its DICOM JSON (after
         ``dicom_extra_tags`` changed); one short transaction per batch, so stores go on meanwhile.
@@ -556,6 +605,17 @@ class Archive:
                 hook(studies)
             except Exception:  # noqa: BLE001 - the images are stored; the link is repaired on the next change
                 log.exception("imaging change hook failed for studies %s", sorted(studies))
+
+
+@dataclass(frozen=True, slots=True)
+class BlobCheck:
+    """What ``Archive.check_blobs`` found: objects walked, orphans (no row), missing (row, no object)."""
+
+    objects: int
+    orphans: tuple[str, ...]
+    missing: tuple[str, ...]
+    removed: int  # orphans deleted (repair)
+    swept: int  # staged temp files removed (repair)
 
 
 class _RetryIsolated(Exception):

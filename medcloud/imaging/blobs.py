@@ -108,6 +108,9 @@ class BlobStore(Protocol):
         """Remove staged objects a killed process left unpublished, older than ``older_than``
         seconds; returns how many (0 where the store never stages)."""
 
+    def modified(self, key: str) -> float:
+        """When the object was last written (seconds since the epoch); FileNotFoundError if absent."""
+
 
 class LocalBlobStore:
     """Files under ``root``; each put is temp file + fsync + rename (+ directory fsync)."""
@@ -215,6 +218,9 @@ class LocalBlobStore:
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
+    def modified(self, key: str) -> float:
+        return self._path(key).stat().st_mtime
+
     def keys(self, prefix: str = "") -> Iterator[str]:
         for dirpath, dirs, names in os.walk(self.root):
             dirs.sort()
@@ -291,6 +297,9 @@ class SealedBlobStore:
 
     def sweep_staged(self, older_than: float) -> int:
         return self.inner.sweep_staged(older_than)
+
+    def modified(self, key: str) -> float:
+        return self.inner.modified(key)
 
 
 def raw_blob_store(settings: Settings) -> BlobStore:

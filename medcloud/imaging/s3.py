@@ -117,6 +117,11 @@ class S3BlobStore:
     def sweep_staged(self, older_than: float) -> int:
         return 0  # nothing is ever staged (an interrupted PutObject stores nothing)
 
+    def modified(self, key: str) -> float:
+        with self._errors("read", key):
+            head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        return float(head["LastModified"].timestamp())
+
     def open(self, key: str) -> BinaryIO:
         with self._errors("read", key):
             body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]

@@ -310,3 +310,60 @@ def test_the_same_instance_twice_in_one_batch_follows_the_duplicate_policy(archi
     refs = archive.instances(_study(first))
     assert len(refs) == 1 and archive.blobs.read(refs[0].blob_key) == expected
     assert _study_row(archive, _study(first))["num_instances"] == 1
+
+
+def test_fsck_finds_orphans_and_missing_objects_and_repairs_old_orphans(archive: Archive) -> None:
+    """A kill -9 between publishing a batch's files and its index commit leaves orphan objects;
+    a file removed behind the archive's back leaves a row without its object."""
+    import os
+    import time
+
+    from medcloud.imaging.blobs import instance_key
+
+    kept, lost = instance(study=generate_uid()), instance(study=generate_uid())
+    r1, r2 = archive.store(kept), archive.store(lost)
+    assert r1.stored and r2.stored
+    lost_key = instance_key(r2.study_uid, r2.series_uid, r2.sop_instance_uid)
+    archive.blobs.delete(lost_key)
+    orphan_key = instance_key("1.2.826.0.1", "1.2.826.0.1.2", "1.2.826.0.1.2.3")
+    archive.blobs.put(orphan_key, b"published, never indexed")
+    young_key = instance_key("1.2.826.0.1", "1.2.826.0.1.2", "1.2.826.0.1.2.4")
+    archive.blobs.put(young_key, b"a batch about to commit")
+    staged = archive.blobs.stage(instance_key("1.2.826.0.1", "1.2.826.0.1.2", "1.2.826.0.1.2.5"), b"staged")
+    root = getattr(archive.blobs, "root", None)
+    assert root is not None and staged is not None
+    old = time.time() - 7200
+    os.utime(root / orphan_key, (old, old))
+    os.utime(staged.token, (old, old))
+
+    found = archive.check_blobs()
+    assert set(found.orphans) == {orphan_key, young_key} and found.missing == (lost_key,)
+    assert found.objects == 3 and found.removed == found.swept == 0  # report only
+    fixed = archive.check_blobs(repair=True, min_age=3600)
+    assert fixed.removed == 1 and fixed.swept == 1  # the young orphan is left for its batch
+    assert not archive.blobs.exists(orphan_key) and archive.blobs.exists(young_key)
+    assert archive.blobs.read(instance_key(r1.study_uid, r1.series_uid, r1.sop_instance_uid))
+
+
+def test_fsck_command_reports_and_exits_1_until_repaired(services, settings) -> None:  # type: ignore[no-untyped-def]
+    import os
+    import time
+
+    from typer.testing import CliRunner
+
+    from medcloud.cli import app
+    from medcloud.imaging.blobs import instance_key
+
+    assert services.imaging is not None
+    assert services.imaging.store(instance()).stored
+    orphan = instance_key("1.2.826.0.9", "1.2.826.0.9.1", "1.2.826.0.9.1.1")
+    services.imaging.blobs.put(orphan, b"orphan")
+    root = services.imaging.blobs.root
+    old = time.time() - 7200
+    os.utime(root / orphan, (old, old))
+    args = ["dicom", "fsck", "--data-dir", str(settings.data_dir), "--db", settings.db_url]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 1 and f"orphan: {orphan}" in first.output and "1 orphan(s), 0 missing" in first.output
+    fixed = CliRunner().invoke(app, [*args, "--repair"])
+    assert fixed.exit_code == 0 and "removed 1 orphan(s)" in fixed.output, fixed.output
+    assert CliRunner().invoke(app, args).exit_code == 0

@@ -143,6 +143,40 @@ def reindex(data_dir: DataDir = None, db: DbUrl = None) -> None:
 
 
 @app.command()
+def fsck(
+    repair: Annotated[bool, typer.Option("--repair", help="Delete orphan objects and staged temp files "
+                                                          "older than --min-age.")] = False,
+    min_age: Annotated[float, typer.Option("--min-age", help="Seconds an orphan must be old to be deleted "
+                                                             "(a younger one may be about to be indexed).")] = 3600.0,
+    data_dir: DataDir = None,
+    db: DbUrl = None,
+) -> None:
+    """Compare the blob store with the index: orphan objects (no index row) and missing ones (a row
+    whose file is gone). Exit 1 when anything is missing or orphans remain."""
+    from medcloud.app import build_services
+
+    settings = _settings(data_dir=data_dir, db=db)
+    try:
+        services = build_services(settings)
+    except Exception as e:  # unreachable database, bad URL, failed migration
+        console.print(f"[red]cannot start:[/red] {e}", highlight=False)
+        raise typer.Exit(1) from e
+    try:
+        assert services.imaging is not None
+        found = services.imaging.check_blobs(repair=repair, min_age=min_age)
+    finally:
+        services.close()
+    for key in found.missing:
+        out.print(f"missing: {key}", highlight=False)
+    for key in found.orphans[:50]:
+        out.print(f"orphan: {key}", highlight=False)
+    out.print(f"{found.objects} objects; {len(found.orphans)} orphan(s), {len(found.missing)} missing; "
+              f"removed {found.removed} orphan(s) and {found.swept} staged temp file(s)", highlight=False)
+    if found.missing or len(found.orphans) > found.removed:
+        raise typer.Exit(1)
+
+
+@app.command()
 def echo(remote: Remote = None, host: Host = None, port: Port = None, aet: Aet = None,
          calling_aet: Calling = None) -> None:
     """C-ECHO (verification) to a remote AE."""
