@@ -367,3 +367,13 @@ def test_missing_credentials_are_named_at_startup(tmp_path: Path, s3_endpoint: s
     [problem] = blob_store_problems(Settings(data_dir=tmp_path, blob_store=f"s3://{s3_bucket}",
                                              s3_endpoint_url=s3_endpoint))
     assert "no credentials" in problem and "AWS_ACCESS_KEY_ID" in problem
+
+
+def test_modified_time_for_fsck_and_nothing_staged_to_sweep(s3_store: S3BlobStore) -> None:
+    import time
+
+    s3_store.put("1.2/1.2.3/1.2.3.4.dcm", b"x")
+    assert abs(s3_store.modified("1.2/1.2.3/1.2.3.4.dcm") - time.time()) < 120
+    with pytest.raises(FileNotFoundError):
+        s3_store.modified("1.2/1.2.3/absent.dcm")
+    assert s3_store.sweep_staged(older_than=0) == 0
