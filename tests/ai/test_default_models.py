@@ -50,7 +50,9 @@ def test_defaults_are_registered_and_active_at_first_start_only(backend: str, tm
     svc = build_services(settings)
     try:
         versions = Registry(svc.db).list()
-        assert {(v.name, v.version, v.active) for v in versions} == {(n, "1.0.0", True) for n in DEFAULT_MODELS}
+        shipped = {n: f.removeprefix(f"{n}-").removesuffix(".zip") for n, f in DEFAULT_MODELS.items()}
+        assert shipped == {"brain-mri": "1.1.0", "pneumonia": "1.0.0"}
+        assert {(v.name, v.version, v.active) for v in versions} == {(n, shipped[n], True) for n in DEFAULT_MODELS}
         assert all(v.registered_by == "medcloud (default model)" for v in versions)
     finally:
         svc.close()
@@ -70,7 +72,7 @@ def test_a_registered_name_is_never_replaced_by_the_default(backend: str, tmp_pa
     try:
         reg = Registry(svc.db)
         assert [(v.version, v.active) for v in reg.list("pneumonia")] == [("site-1", True)]
-        assert reg.get("brain-mri").version == "1.0.0"
+        assert reg.get("brain-mri").version == "1.1.0"
     finally:
         svc.close()
 
