@@ -341,9 +341,9 @@ def _dt_range(a: Attr, value: str) -> ColumnElement[bool]:
     all of 2024); offsets are converted to UTC like the stored values. ``-`` separates a range and
     also signs an offset (``&ZZXX``), so the split is the one that leaves a valid DT (or nothing)
     on both sides."""
-    if dt(value) is not None:
-        lo, hi = dt(value), dt(value, upper=True)
-        return and_(a.column >= lo, a.column <= hi)
+    single = dt(value)
+    if single is not None:
+        return and_(a.column >= single, a.column <= dt(value, upper=True))
     for i, ch in enumerate(value):
         if ch != "-":
             continue

@@ -17,26 +17,11 @@ from medcloud.jobs import COMPLETED, JobControl, JobQueue, LeaseLost, Permanent,
 from medcloud.security.crypto import MAGIC
 from medcloud.security.policy import SmartPolicy
 
+from ._views import OBS_VIEW, PATIENT_VIEW
+
 ASYNC = {"Prefer": "respond-async", "Accept": "application/fhir+json"}
 EXPORT = "/fhir/ViewDefinition/$viewdefinition-export"
 
-PATIENT_VIEW = {
-    "resourceType": "ViewDefinition",
-    "name": "patient_demographics",
-    "url": "http://example.org/ViewDefinition/patient_demographics",
-    "version": "1.0",
-    "status": "active",
-    "resource": "Patient",
-    "select": [{"column": [{"name": "id", "path": "getResourceKey()"},
-                           {"name": "family", "path": "name.family.first()"},
-                           {"name": "birth_date", "path": "birthDate", "type": "date"}]}],
-}
-OBS_VIEW = {
-    "resourceType": "ViewDefinition", "name": "obs", "status": "draft", "resource": "Observation",
-    "select": [{"column": [{"name": "id", "path": "getResourceKey()"},
-                           {"name": "patient", "path": "subject.getReferenceKey(Patient)"},
-                           {"name": "code", "path": "code.text"}]}],
-}
 
 
 def _local(url: str) -> str:

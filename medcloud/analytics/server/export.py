@@ -78,8 +78,7 @@ def kickoff(ctx: FhirContext, conn: Any, req: FhirRequest, target: Target) -> Fh
     for v in views:
         v["patients"] = _confine(ctx, req, v["view"]["resource"], chosen, by_name)
 
-    from medcloud.fhir.operations.export import wake_workers
-    from medcloud.jobs import JobQueue
+    from medcloud.fhir.operations.export import queue_for, wake_workers
 
     request = {
         "views": views,
@@ -90,7 +89,7 @@ def kickoff(ctx: FhirContext, conn: Any, req: FhirRequest, target: Target) -> Fh
         "principal": principal_to_json(req.principal),
         "kickoff_time": ctx.clock(),
     }
-    jid = JobQueue(ctx.db, clock=ctx.clock).enqueue(KIND, request, owner=req.principal.subject)
+    jid = queue_for(ctx).enqueue(KIND, request, owner=req.principal.subject)
     wake_workers()
     status = status_url(req.base_url, jid)
     body = parameters([("exportId", "valueString", jid), ("clientTrackingId", "valueString", tracking),

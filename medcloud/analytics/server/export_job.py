@@ -36,11 +36,13 @@ from urllib.parse import quote
 
 from medcloud.analytics.server.export import FORMATS, KIND, parameters, status_url
 from medcloud.config import Settings
-from medcloud.errors import Gone, Invalid, MedcloudError, NotFound
+from medcloud.errors import Gone, MedcloudError, NotFound
 from medcloud.fhir.context import FhirContext
 from medcloud.fhir.exchange import FhirRequest, FhirResponse, outcome_message
 from medcloud.fhir.operations import Target
 from medcloud.fhir.operations._export_run import principal_from_json
+from medcloud.fhir.operations.export import owned_job, queue_for
+from medcloud.fhir.operations.export import purge_expired as purge_bulk_jobs
 from medcloud.fhir.resource_meta import http_date, instant
 from medcloud.jobs import (
     CANCELLED,
@@ -49,7 +51,6 @@ from medcloud.jobs import (
     Handler,
     Job,
     JobControl,
-    JobQueue,
     LeaseLost,
     Permanent,
 )
@@ -61,10 +62,6 @@ HEARTBEAT_SECONDS = 5.0  # lease renewal while a view's rows are read (the lease
 
 def export_dir(settings: Settings, job_id: str) -> Path:
     return settings.data_dir / "exports" / "views" / job_id
-
-
-def _queue(ctx: FhirContext) -> JobQueue:
-    return JobQueue(ctx.db, clock=ctx.clock)
 
 
 # ---------------------------------------------------------------- the job
@@ -175,13 +172,7 @@ def _write_view(ctx: FhirContext, entry: dict[str, Any], since: int | None, fmt:
 
 
 def _owned_job(ctx: FhirContext, req: FhirRequest) -> Job:
-    jid = req.param("_jobId")
-    if not jid:
-        raise Invalid("_jobId is required", expression="_jobId")
-    job = _queue(ctx).get(jid)
-    if job is None or job.kind != KIND or job.status == CANCELLED or job.owner != req.principal.subject:
-        raise NotFound(f"no view export {jid!r}")
-    return job
+    return owned_job(ctx, req, KIND, "view export", expression="_jobId")
 
 
 def _result_url(base: str, jid: str) -> str:
@@ -195,7 +186,7 @@ def _file_url(base: str, jid: str, name: str) -> str:
 def poll_status(ctx: FhirContext, conn: Any, req: FhirRequest, target: Target) -> FhirResponse:
     job = _owned_job(ctx, req)
     if req.method == "DELETE":
-        _queue(ctx).cancel(job.id)
+        queue_for(ctx).cancel(job.id)
         shutil.rmtree(export_dir(ctx.settings, job.id), ignore_errors=True)
         return FhirResponse(status=202, resource=outcome_message(f"view export {job.id} cancelled and its files "
                                                                  "deleted"))
@@ -277,9 +268,4 @@ def export_file(ctx: FhirContext, conn: Any, req: FhirRequest, target: Target) -
 
 def purge_expired(ctx: FhirContext) -> int:
     """Delete finished view exports (and their files) older than ``settings.export_ttl``."""
-    queue = _queue(ctx)
-    expired = queue.finished_before(KIND, ctx.clock() - ctx.settings.export_ttl * 1_000_000)
-    for job in expired:
-        shutil.rmtree(export_dir(ctx.settings, job.id), ignore_errors=True)
-        queue.delete(job.id)
-    return len(expired)
+    return purge_bulk_jobs(ctx, KIND, export_dir)

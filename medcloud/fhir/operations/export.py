@@ -216,18 +216,21 @@ def _file_url(base: str, jid: str, name: str) -> str:
 # ---------------------------------------------------------------- status, cancel, files
 
 
-def _owned_job(ctx: FhirContext, req: FhirRequest) -> Job:
+def owned_job(ctx: FhirContext, req: FhirRequest, kind: str = KIND, what: str = "export job",
+              expression: str | None = None) -> Job:
+    """The ``kind`` job named by ``_jobId`` if the caller started it and it is not cancelled, else
+    NotFound (shared by Bulk ``$export`` and ``$viewdefinition-export``)."""
     jid = req.param("_jobId")
     if not jid:
-        raise Invalid("_jobId is required")
+        raise Invalid("_jobId is required", expression=expression)
     job = queue_for(ctx).get(jid)
-    if job is None or job.kind != KIND or job.status == CANCELLED or job.owner != req.principal.subject:
-        raise NotFound(f"no export job {jid!r}")
+    if job is None or job.kind != kind or job.status == CANCELLED or job.owner != req.principal.subject:
+        raise NotFound(f"no {what} {jid!r}")
     return job
 
 
 def poll_status(ctx: FhirContext, conn: Connection | None, req: FhirRequest, target: Target) -> FhirResponse:
-    job = _owned_job(ctx, req)
+    job = owned_job(ctx, req)
     if req.method == "DELETE":
         queue_for(ctx).cancel(job.id)
         shutil.rmtree(export_dir(ctx.settings, job.id), ignore_errors=True)
@@ -267,7 +270,7 @@ def _progress(job: Job) -> str:
 
 
 def export_file(ctx: FhirContext, conn: Connection | None, req: FhirRequest, target: Target) -> FhirResponse:
-    job = _owned_job(ctx, req)
+    job = owned_job(ctx, req)
     name = req.param("_file") or ""
     listed = {f["name"] for f in (job.result or {}).get("output", []) + (job.result or {}).get("error", [])}
     if job.status != COMPLETED or not _FILE_RE.match(name) or name not in listed:
@@ -323,12 +326,13 @@ def _deid_transform(ctx: FhirContext, request: dict[str, Any]) -> Callable[[byte
     return line_transform(policy, year)
 
 
-def purge_expired(ctx: FhirContext) -> int:
-    """Delete finished export jobs (and their files) older than ``settings.export_ttl``."""
+def purge_expired(ctx: FhirContext, kind: str = KIND,
+                  folder: Callable[[Settings, str], Path] = export_dir) -> int:
+    """Delete finished ``kind`` jobs (and their files in ``folder``) older than ``settings.export_ttl``."""
     queue = queue_for(ctx)
-    expired = queue.finished_before(KIND, ctx.clock() - ctx.settings.export_ttl * 1_000_000)
+    expired = queue.finished_before(kind, ctx.clock() - ctx.settings.export_ttl * 1_000_000)
     for job in expired:
-        shutil.rmtree(export_dir(ctx.settings, job.id), ignore_errors=True)
+        shutil.rmtree(folder(ctx.settings, job.id), ignore_errors=True)
         queue.delete(job.id)
     return len(expired)
 

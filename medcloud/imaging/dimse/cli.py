@@ -42,6 +42,17 @@ def _settings(**overrides: Any) -> Any:
         raise typer.Exit(2) from e
 
 
+def _services(settings: Any) -> Any:
+    """The store's services for a command; a database that cannot be opened exits 1."""
+    from medcloud.app import build_services
+
+    try:
+        return build_services(settings)
+    except Exception as e:  # unreachable database, bad URL, failed migration
+        console.print(f"[red]cannot start:[/red] {e}", highlight=False)
+        raise typer.Exit(1) from e
+
+
 def _fail(e: Exception) -> typer.Exit:
     from medcloud.errors import Invalid
     from medcloud.imaging.dimse.scu import DimseError
@@ -79,7 +90,6 @@ def serve(
                                                   "(SO_REUSEPORT; default dicom_processes, 1).")] = None,
 ) -> None:
     """Run only the DIMSE SCP (C-ECHO/STORE/FIND/MOVE/GET) against the archive, until Ctrl-C."""
-    from medcloud.app import build_services
     from medcloud.imaging.dimse.pool import ScpPool, process_count
     from medcloud.imaging.dimse.scp import DimseServer
 
@@ -89,11 +99,7 @@ def serve(
     if bind_port == 0:
         console.print("[red]cannot start:[/red] the DIMSE port is 0 (off); give --port")
         raise typer.Exit(2)
-    try:
-        services = build_services(settings)
-    except Exception as e:  # unreachable database, bad URL, failed migration
-        console.print(f"[red]cannot start:[/red] {e}", highlight=False)
-        raise typer.Exit(1) from e
+    services = _services(settings)
     worker = services.job_worker()  # study-stable events and jobs, as the HTTP app would run them
     pool = ScpPool()
     try:
@@ -124,14 +130,8 @@ def serve(
 @app.command()
 def reindex(data_dir: DataDir = None, db: DbUrl = None) -> None:
     """Index the configured extra matching keys (dicom_extra_tags) of every stored instance."""
-    from medcloud.app import build_services
-
     settings = _settings(data_dir=data_dir, db=db)
-    try:
-        services = build_services(settings)
-    except Exception as e:  # unreachable database, bad URL, failed migration
-        console.print(f"[red]cannot start:[/red] {e}", highlight=False)
-        raise typer.Exit(1) from e
+    services = _services(settings)
     try:
         assert services.imaging is not None
         tags = services.imaging.config.extra_tags
@@ -153,14 +153,8 @@ def fsck(
 ) -> None:
     """Compare the blob store with the index: orphan objects (no index row) and missing ones (a row
     whose file is gone). Exit 1 when anything is missing or orphans remain."""
-    from medcloud.app import build_services
-
     settings = _settings(data_dir=data_dir, db=db)
-    try:
-        services = build_services(settings)
-    except Exception as e:  # unreachable database, bad URL, failed migration
-        console.print(f"[red]cannot start:[/red] {e}", highlight=False)
-        raise typer.Exit(1) from e
+    services = _services(settings)
     try:
         assert services.imaging is not None
         found = services.imaging.check_blobs(repair=repair, min_age=min_age)
