@@ -5,6 +5,7 @@ Loaded once from the generated tables in ``_spec/`` (see tools/generate_fhir_spe
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 from dataclasses import dataclass, field
@@ -136,3 +137,50 @@ def patient_compartment() -> dict[str, tuple[str, ...]]:
     """Resource type -> the search parameters that put a resource in a Patient's compartment."""
     data = json.loads((_SPEC / "compartment_patient.json").read_text())
     return {r["code"]: tuple(r.get("param", [])) for r in data["resource"] if r.get("param")}
+
+
+# FHIR primitive types, as the R4 JSON schema names its primitive definitions.
+PRIMITIVE_TYPES = frozenset({
+    "base64Binary", "boolean", "canonical", "code", "date", "dateTime", "decimal", "id", "instant",
+    "integer", "integer64", "markdown", "oid", "positiveInt", "string", "time", "unsignedInt", "uri",
+    "url", "uuid", "xhtml",
+})
+# Longest first, so ``valueDateTime`` is a dateTime, not a time.
+_SUFFIXES = sorted(((t[0].upper() + t[1:], t) for t in PRIMITIVE_TYPES), key=lambda s: -len(s[0]))
+_JSON_TYPES = {"boolean": "boolean", "number": "decimal", "string": "string"}
+
+
+def _element_type(key: str, prop: dict[str, Any]) -> str | None:
+    ref = prop.get("$ref", "")
+    if ref:
+        target = ref.rsplit("/", 1)[-1]
+        return None if target == "ResourceList" else target  # contained resources: any type
+    if "enum" in prop:
+        return "code"  # required-binding codes are inlined as enums
+    for suffix, type_name in _SUFFIXES:  # choice elements of a primitive type: deceasedBoolean
+        if key.endswith(suffix) and len(key) > len(suffix):
+            return type_name
+    return _JSON_TYPES.get(str(prop.get("type")))
+
+
+@cache
+def elements() -> dict[str, dict[str, tuple[str | None, bool]]]:
+    """Schema definition -> JSON key -> (FHIR type, repeats), from the R4 JSON schema.
+
+    Definitions are the schema's names: resources and data types (``Patient``, ``HumanName``) and
+    backbone elements (``Patient_Contact``). The type is None for contained resources (any type).
+    """
+    raw = json.loads(gzip.decompress((_SPEC / "fhir.schema.json.gz").read_bytes()))["definitions"]
+    out: dict[str, dict[str, tuple[str | None, bool]]] = {}
+    for name, definition in raw.items():
+        props = definition.get("properties")
+        if not props:
+            continue
+        table = {}
+        for key, prop in props.items():
+            if key.startswith("_"):
+                continue
+            repeats = prop.get("type") == "array"
+            table[key] = (_element_type(key, prop.get("items", {}) if repeats else prop), repeats)
+        out[name] = table
+    return out

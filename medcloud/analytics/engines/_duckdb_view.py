@@ -12,11 +12,13 @@ Every cell is a DuckDB JSON value; the runner casts to the requested output type
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 
 from medcloud.analytics.errors import ViewDefinitionError
 from medcloud.analytics.fhirpath.to_duckdb import ROOT_FIELDS, Compiler, Scope, Sql, constant_sql, sql_str
 from medcloud.analytics.viewdef import Column, Select, ViewDefinition
+from medcloud.fhir.definitions import PRIMITIVE_TYPES
 
 __all__ = ["compile_view"]
 
@@ -42,9 +44,13 @@ class _ViewCompiler:
         self.fp = Compiler(root=RESOURCE)
         self.fp.root_fields[sql_str('$."resourceType"')] = 1
         self.repeat_depth = repeat_depth
+        # Per column name (unique in a view): the value as a SQL scalar when it is one, and whether
+        # the schema says it is a primitive (so typed output needs no object/array test).
+        self.native: dict[str, Sql] = {}
+        self.primitive: set[str] = set()
         constants = {c.name: constant_sql(c.value_type, c.value) for c in view.constants}
         self.root = Scope(
-            Sql(RESOURCE, "ONE"), RESOURCE, "CAST(0 AS BIGINT)", constants, None, True, view.resource
+            Sql(RESOURCE, "ONE", view.resource), RESOURCE, "CAST(0 AS BIGINT)", constants, None, True, view.resource
         )
 
     def compile(self, expression: str, scope: Scope, location: str) -> Sql:
@@ -55,18 +61,19 @@ class _ViewCompiler:
                 raise
             raise ViewDefinitionError(location, exc.message) from exc
 
-    def scope_at(self, node: str, row_index: str) -> Scope:
+    def scope_at(self, node: str, row_index: str, fhir_type: str | None = None) -> Scope:
         r = self.root
-        return Scope(Sql(node, "ONE"), r.resource, row_index, r.constants, None, False, r.resource_type)
+        return Scope(Sql(node, "ONE", fhir_type), r.resource, row_index, r.constants, None, False, r.resource_type)
 
     # -- Process(S, N) ------------------------------------------------------------------------
     def process(self, sel: Select, scope: Scope) -> _Rows:
         if not sel.iterates:
             return self.body(sel, scope)
         f, i = self.fp.var(), self.fp.var()
-        inner = self.body(sel, self.scope_at(f, f"CAST({i} - 1 AS BIGINT)"))
+        focus = self.foci(sel, scope)
+        inner = self.body(sel, self.scope_at(f, f"CAST({i} - 1 AS BIGINT)", focus.fhir_type))
         rows = self.as_list(inner)
-        foci = self.foci(sel, scope)
+        foci = self.fp.to_coll(focus)
         if sel.for_each_or_null is not None:
             empty = f"[{self.null_row(inner.columns, sel)}]"
             rows = (
@@ -76,12 +83,12 @@ class _ViewCompiler:
             foci = f"list_concat({foci}, [NULL])"
         return _Rows(inner.columns, many=f"flatten(list_transform({foci}, lambda {f}, {i}: {rows}))")
 
-    def foci(self, sel: Select, scope: Scope) -> str:
+    def foci(self, sel: Select, scope: Scope) -> Sql:
         if sel.for_each is not None:
-            return self.fp.to_coll(self.compile(sel.for_each, scope, f"{sel.location}.forEach"))
+            return self.compile(sel.for_each, scope, f"{sel.location}.forEach")
         if sel.for_each_or_null is not None:
-            return self.fp.to_coll(self.compile(sel.for_each_or_null, scope, f"{sel.location}.forEachOrNull"))
-        return self.repeat(sel, scope)
+            return self.compile(sel.for_each_or_null, scope, f"{sel.location}.forEachOrNull")
+        return Sql(self.repeat(sel, scope), "COLL")
 
     def repeat(self, sel: Select, scope: Scope) -> str:
         """Pre-order traversal of ``repeat`` paths, unrolled level by level and sorted by a path key."""
@@ -140,9 +147,13 @@ class _ViewCompiler:
         if col.collection:
             return f"to_json({self.fp.to_coll(e)})"
         # A complex value needs a declared complex type (ViewDefinition.select.column.type).
+        if e.kind in ("STR", "BOOL"):
+            self.native[col.name] = e
+        if e.kind in ("STR", "BOOL", "INT", "NUM") or e.fhir_type in PRIMITIVE_TYPES:
+            self.primitive.add(col.name)
         declared = (col.type or "").rsplit("/", 1)[-1]
         check = ""
-        if not declared or declared[0].islower():
+        if (not declared or declared[0].islower()) and e.fhir_type not in PRIMITIVE_TYPES:
             complex_msg = sql_str(
                 f"{col.location}: column {col.name!r} returned a complex value; "
                 f"declare its FHIR type in 'type'"
@@ -218,7 +229,22 @@ class _ViewCompiler:
             out.append(self.fp.let(one, check))
         return out
 
-    def select_sql(self, source: str) -> tuple[str, tuple[str, ...]]:
+    def typed(self, column: str, cell: str, sql_type: str | None, top: bool) -> str:
+        """``cell`` (JSON) as ``sql_type``; a top-level scalar value is used as it is."""
+        native = self.native.get(column) if top else None
+        if native is not None and (native.kind, sql_type) in (("STR", "VARCHAR"), ("BOOL", "BOOLEAN")):
+            return native.text
+        if sql_type is None:
+            return cell
+        if sql_type == "VARCHAR":
+            if column in self.primitive:
+                return f"({cell} ->> '$')"
+            return f"CASE WHEN json_type({cell}) IN ('OBJECT', 'ARRAY') THEN CAST({cell} AS VARCHAR) ELSE {cell} ->> '$' END"
+        if sql_type == "BLOB":
+            return f"from_base64({cell} ->> '$')"
+        return f"CAST({cell} ->> '$' AS {sql_type})"
+
+    def select_sql(self, source: str, types: dict[str, str | None] | None) -> tuple[str, tuple[str, ...]]:
         # The top-level Cartesian product is done by chained UNNESTs rather than nested lambdas:
         # DuckDB copies every captured value into each lambda, and the resource row is the largest.
         parts = [self.process(child, self.root) for child in self.view.root.selects]
@@ -227,17 +253,23 @@ class _ViewCompiler:
             *self.where(),
         ]
         paths = ", ".join(self.fp.root_fields)  # keys are SQL string literals, in index order
-        parsed = (
-            f"SELECT {RESOURCE}, json_extract({RESOURCE}, [{paths}]) AS {ROOT_FIELDS} "
-            f"FROM (SELECT CAST(resource AS JSON) AS {RESOURCE} FROM {source}) AS __in WHERE {RESOURCE} IS NOT NULL"
-        )
         singles = {c: e for p in parts if p.single is not None for c, e in p.single.items()}
         names = {c: f"__c{i}" for i, c in enumerate(singles)}
         manys = [p for p in parts if p.many is not None]
         # Every per-resource value (cells and row lists) is computed in one projection; the resource
         # and its parsed members are dropped before the UNNESTs multiply rows.
-        computed = [f"CAST({e} AS JSON) AS {names[c]}" for c, e in singles.items()]
+        if types is None:
+            computed = [f"CAST({e} AS JSON) AS {names[c]}" for c, e in singles.items()]
+        else:
+            computed = [f"{self.typed(c, e, types[c], True)} AS {names[c]}" for c, e in singles.items()]
         computed += [f"{p.many} AS __m{k}" for k, p in enumerate(manys)]
+        # Malformed input lines (NULL resources) have no resourceType, so the type test drops them.
+        # The resource itself is carried only when an expression still reads it (fewer binds).
+        uses_resource = re.search(rf"\b{RESOURCE}\b", " ".join([*computed, *conditions])) is not None
+        parsed = (
+            f"SELECT json_extract({RESOURCE}, [{paths}]) AS {ROOT_FIELDS}{f', {RESOURCE}' if uses_resource else ''} "
+            f"FROM (SELECT CAST(resource AS JSON) AS {RESOURCE} FROM {source}) AS __in"
+        )
         query = (
             f"SELECT {', '.join(computed) or 'NULL AS __none'} FROM ({parsed}) AS __parsed WHERE "
             + " AND ".join(conditions)
@@ -248,7 +280,10 @@ class _ViewCompiler:
             later = [f"__m{j}" for j in range(k + 1, len(manys))]
             query = f"SELECT {', '.join([*carried, f'unnest(__m{k}) AS __p{k}', *later])} FROM ({query}) AS __l{k}"
             carried.append(f"__p{k}")
-            out.update({c: f"__p{k}.{_ident(c)}" for c in p.columns})
+            out.update({
+                c: f"__p{k}.{_ident(c)}" if types is None else self.typed(c, f"__p{k}.{_ident(c)}", types[c], False)
+                for c in p.columns
+            })
         columns = tuple(c for p in parts for c in p.columns)
         cols = ", ".join(f"{out[c]} AS {_ident(c)}" for c in columns)
         return f"SELECT {cols} FROM ({query}) AS __rows", columns
@@ -270,7 +305,11 @@ def _all_columns(sel: Select) -> list[Column]:
 
 
 def compile_view(
-    view: ViewDefinition, source: str, repeat_depth: int = REPEAT_DEPTH
+    view: ViewDefinition, source: str, repeat_depth: int = REPEAT_DEPTH,
+    types: dict[str, str | None] | None = None,
 ) -> tuple[str, tuple[str, ...]]:
-    """(SQL, column names) for ``view`` over ``source``, a relation with a JSON column ``resource``."""
-    return _ViewCompiler(view, repeat_depth).select_sql(source)
+    """(SQL, column names) for ``view`` over ``source``, a relation with a JSON column ``resource``.
+
+    Cells are JSON values, or with ``types`` (column -> SQL type, None to keep JSON) typed values.
+    """
+    return _ViewCompiler(view, repeat_depth).select_sql(source, types)

@@ -102,16 +102,6 @@ def _column_type(col: Column) -> str | None:
     return None
 
 
-def _typed(cell: str, sql_type: str | None) -> str:
-    if sql_type is None:
-        return cell
-    if sql_type == "VARCHAR":
-        return f"CASE WHEN json_type({cell}) IN ('OBJECT', 'ARRAY') THEN CAST({cell} AS VARCHAR) ELSE {cell} ->> '$' END"
-    if sql_type == "BLOB":
-        return f"from_base64({cell} ->> '$')"
-    return f"CAST({cell} ->> '$' AS {sql_type})"
-
-
 class DuckDBEngine:
     """Compile views to DuckDB SQL and run them over a Source."""
 
@@ -143,12 +133,8 @@ class DuckDBEngine:
     ) -> tuple[str, tuple[str, ...]]:
         """The SELECT that produces the view's rows (JSON cells unless ``typed``)."""
         v = self.view(view)
-        query, columns = compile_view(v, source.relation(self.con, v.resource), self.repeat_depth)
-        if not typed:
-            return query, columns
-        by_name = {c.name: c for c in v.columns}
-        cells = ", ".join(f"{_typed(_q(c), _column_type(by_name[c]))} AS {_q(c)}" for c in columns)
-        return f"SELECT {cells} FROM ({query}) AS __view", columns
+        types = {c.name: _column_type(c) for c in v.columns} if typed else None
+        return compile_view(v, source.relation(self.con, v.resource), self.repeat_depth, types)
 
     def run(
         self, view: ViewDefinition | dict[str, Any], source: Source | Sequence[dict[str, Any]]

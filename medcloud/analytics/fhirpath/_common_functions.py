@@ -18,10 +18,10 @@ __all__ = ["register"]
 _Args = tuple[ast.Node, ...]
 
 
-def _criteria(c: CompilerCore, arg: ast.Node, s: Scope) -> tuple[str, str, str]:
+def _criteria(c: CompilerCore, arg: ast.Node, s: Scope, base: Sql) -> tuple[str, str, str]:
     """(variable, index, SQL boolean) for a criteria argument evaluated per item ($index 0-based)."""
     v, i = c.var(), c.var()
-    body = c.node(arg, lambda_scope(s, v, c.lambda_index(i)))
+    body = c.node(arg, lambda_scope(s, v, c.lambda_index(i), base.fhir_type))
     return v, i, f"coalesce({c.to_bool(body)}, FALSE)"
 
 
@@ -36,23 +36,23 @@ def _exists(c: CompilerCore, base: Sql, args: _Args, s: Scope) -> Sql:
         if base.kind != "COLL":
             return Sql(f"({c.to_one(base).text} IS NOT NULL)", "BOOL")
         return Sql(f"({c.size(base.text)} > 0)", "BOOL")
-    v, i, crit = _criteria(c, args[0], s)
+    v, i, crit = _criteria(c, args[0], s, base)
     return Sql(f"({c.size(c.filter(c.to_coll(base), v, i, crit))} > 0)", "BOOL")
 
 
 def _all(c: CompilerCore, base: Sql, args: _Args, s: Scope) -> Sql:
-    v, i, crit = _criteria(c, args[0], s)
+    v, i, crit = _criteria(c, args[0], s, base)
     return Sql(f"({c.size(c.filter(c.to_coll(base), v, i, f'NOT {crit}'))} = 0)", "BOOL")
 
 
 def _where(c: CompilerCore, base: Sql, args: _Args, s: Scope) -> Sql:
-    v, i, crit = _criteria(c, args[0], s)
+    v, i, crit = _criteria(c, args[0], s, base)
     return Sql(c.filter(c.to_coll(base), v, i, crit), "COLL", base.fhir_type)
 
 
 def _select(c: CompilerCore, base: Sql, args: _Args, s: Scope) -> Sql:
     v, i = c.var(), c.var()
-    body = c.node(args[0], lambda_scope(s, v, c.lambda_index(i)))
+    body = c.node(args[0], lambda_scope(s, v, c.lambda_index(i), base.fhir_type))
     return Sql(f"flatten({c.transform(c.to_coll(base), v, i, c.to_coll(body))})", "COLL")
 
 

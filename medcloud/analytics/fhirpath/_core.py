@@ -23,6 +23,7 @@ from typing import Literal as TLiteral
 from medcloud.analytics.errors import ViewDefinitionError
 from medcloud.analytics.fhirpath import ast
 from medcloud.analytics.fhirpath.parser import parse
+from medcloud.fhir.definitions import elements
 
 __all__ = ["CompilerCore", "FunctionTable", "Kind", "Scope", "Sql", "lambda_scope"]
 
@@ -34,7 +35,12 @@ SCALARS = ("BOOL", "STR", "NUM", "INT")
 class Sql:
     text: str
     kind: Kind
-    fhir_type: str | None = None  # a static hint: "dateTime" after ofType(dateTime), "date" for birthDate
+    # The static FHIR type of the items, when known: a schema definition ("HumanName",
+    # "Patient_Contact"), a primitive ("dateTime"), or a hint such as "dateTime" after ofType(dateTime).
+    fhir_type: str | None = None
+    # (JSON, JSONPath) when the value is exactly ``json_extract(JSON, JSONPath)`` (a COLL when the path
+    # has a wildcard): a member of it extends the path instead of mapping a lambda over it.
+    path: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,9 +54,9 @@ class Scope:
     resource_type: str | None = None
 
 
-def lambda_scope(s: Scope, var: str, index: str | None = None) -> Scope:
+def lambda_scope(s: Scope, var: str, index: str | None = None, fhir_type: str | None = None) -> Scope:
     """The scope inside a per-item argument (where/select/exists criteria): $this is the item."""
-    return Scope(Sql(var, "ONE"), s.resource, s.row_index, s.constants, index, False, s.resource_type)
+    return Scope(Sql(var, "ONE", fhir_type), s.resource, s.row_index, s.constants, index, False, s.resource_type)
 
 
 C = TypeVar("C", bound="CompilerCore")
@@ -94,7 +100,7 @@ class FunctionTable(Generic[C]):
         if n.target is None and n.name == "getResourceKey":
             # Invoked "at the root of a FHIR Resource"; inside forEach the focus is an element, but
             # the key a user wants there is still the resource's.
-            base = Sql(s.resource, "ONE")
+            base = Sql(s.resource, "ONE", s.resource_type)
         else:
             base = s.focus if n.target is None else c.node(n.target, s)
         return impl(c, base, n.args, s)
@@ -143,6 +149,10 @@ class CompilerCore(ABC):
 
     @abstractmethod
     def member(self, base: Sql, name: str) -> Sql: ...
+
+    def knows(self, fhir_type: str | None, key: str) -> bool:
+        """Whether the compiler reads ``key`` of ``fhir_type`` by the R4 schema (schema-aware dialects)."""
+        return False
 
     @abstractmethod
     def of_type_filter(self, coll: Sql, type_name: str) -> Sql: ...
@@ -235,20 +245,25 @@ class CompilerCore(ABC):
 
     def of_type(self, target: ast.Node | None, type_name: str, s: Scope) -> Sql:
         """``x.ofType(T)``: for a choice element ``value`` also read ``valueT`` (FHIR JSON §choice)."""
-        hint = type_name[0].lower() + type_name[1:]
+        hint = type_name if type_name in elements() else type_name[0].lower() + type_name[1:]
         if isinstance(target, ast.Identifier | ast.Member) and not (
             isinstance(target, ast.Identifier) and s.at_root and target.name == s.resource_type
         ):
             parent = s.focus if isinstance(target, ast.Identifier) else self.node(target.target, s)
             name = target.name
 
+            key = name + type_name[0].upper() + type_name[1:]
+            if self.knows(parent.fhir_type, key) and not self.knows(parent.fhir_type, name):
+                # A choice element the schema knows: valid FHIR has no plain ``name`` key to test.
+                return replace(self.member(parent, key), fhir_type=hint)
+
             def both(p: Sql) -> str:
-                choice = self.member(p, name + type_name[0].upper() + type_name[1:])
+                choice = self.to_coll(self.member(p, key))
                 plain = self.of_type_filter(self.member(p, name), type_name)
-                return self.concat(choice.text, plain.text)
+                return self.concat(choice, plain.text)
 
             if parent.kind == "COLL":  # evaluated once, not once per branch
-                return Sql(self.let(parent.text, lambda p: both(Sql(p, "COLL"))), "COLL", hint)
+                return Sql(self.let(parent.text, lambda p: both(Sql(p, "COLL", parent.fhir_type))), "COLL", hint)
             return Sql(both(parent), "COLL", hint)
         base = s.focus if target is None else self.node(target, s)
         return replace(self.of_type_filter(Sql(self.to_coll(base), "COLL"), type_name), fhir_type=hint)

@@ -12,7 +12,7 @@ from medcloud.analytics.errors import ViewDefinitionError
 from medcloud.analytics.fhirpath import ast
 from medcloud.analytics.fhirpath._common_functions import register as register_common
 from medcloud.analytics.fhirpath._core import FunctionTable, Impl, Scope, Sql
-from medcloud.analytics.fhirpath._sqltext import sql_str
+from medcloud.analytics.fhirpath._sqltext import STRING_TYPES, sql_str
 
 if TYPE_CHECKING:
     from medcloud.analytics.fhirpath.to_duckdb import Compiler
@@ -23,8 +23,8 @@ call = _TABLE.call
 register_common(_TABLE)
 
 
-def _sql(text: str, kind: str, hint: str | None = None) -> Sql:
-    return Sql(text, kind, hint)  # type: ignore[arg-type]
+def _sql(text: str, kind: str, hint: str | None = None, path: tuple[str, str] | None = None) -> Sql:
+    return Sql(text, kind, hint, path)  # type: ignore[arg-type]
 
 
 # -- existence and filtering (FHIRPath N1 §5.1, §5.2) ----------------------------------------------
@@ -75,6 +75,16 @@ def _is_distinct(c: Compiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -
 def _first(c: Compiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
     if base.kind != "COLL":
         return base
+    if base.path is not None:
+        json, path = base.path
+        stringy = base.fhir_type in STRING_TYPES
+        if path.endswith("[*]") and path.count("[*]") == 1:
+            path = path[:-3] + "[0]"  # the first item of the one array
+            if stringy:
+                return _sql(f"({json} ->> {sql_str(path)})", "STR", base.fhir_type)
+            return _sql(f"json_extract({json}, {sql_str(path)})", "ONE", base.fhir_type, (json, path))
+        if stringy:
+            return _sql(f"json_extract_string({json}, {sql_str(path)})[1]", "STR", base.fhir_type)
     return _sql(f"{base.text}[1]", "ONE", base.fhir_type)
 
 
@@ -118,14 +128,15 @@ def _extension(c: Compiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> 
     e = c.var()
     # ``member`` reads the resource's own extensions from its pre-extracted fields and maps over a
     # collection itself: one lambda fewer per call than mapping here (planning cost per query).
-    exts = c.member(base, "extension").text
-    return _sql(f"list_filter({exts}, lambda {e}: ({e} ->> 'url') = {url})", "COLL")
+    exts = c.to_coll(c.member(base, "extension"))
+    return _sql(f"list_filter({exts}, lambda {e}: ({e} ->> 'url') = {url})", "COLL", "Extension")
 
 
 @_fn("getResourceKey")
 def _get_resource_key(c: Compiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
     # The key is the logical id: references in the supported forms resolve to it (see fp_ref_key).
-    return _sql(f"{c.member(c.to_one(base), 'id').text}[1]", "ONE")
+    key = c.member(c.to_one(base), "id")
+    return _sql(f"{key.text}[1]", "ONE") if key.kind == "COLL" else key
 
 
 @_fn("getReferenceKey", 0, 1)
@@ -146,10 +157,13 @@ def _get_reference_key(c: Compiler, base: Sql, args: tuple[ast.Node, ...], s: Sc
     )
 
 
+_TEMPORAL = ("date", "dateTime", "instant", "time")
+
+
 def _boundary(side: str) -> Impl[Compiler]:
     def impl(c: Compiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
         precision = c.to_int(c.node(args[0], s)) if args else "NULL"
-        hint = sql_str(base.fhir_type) if base.fhir_type else "NULL"
+        hint = sql_str(base.fhir_type) if base.fhir_type in _TEMPORAL else "NULL"
         return _sql(f"fp_{side}({c.to_one(base).text}, {precision}, {hint})", "ONE", base.fhir_type)
 
     return impl
@@ -163,10 +177,14 @@ _fn("highBoundary", 0, 1)(_boundary("high"))
 @_fn("join", 0, 1)
 def _join(c: Compiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
     sep = c.to_str(c.node(args[0], s)) if args else "''"
-    v = c.var()
-    strings = f"list_transform({c.to_coll(base)}, lambda {v}: {v} ->> '$')"
+    if base.path is not None and "[*]" in base.path[1]:  # one JSONPath: no lambda to bind
+        strings = f"coalesce(json_extract_string({base.path[0]}, {sql_str(base.path[1])}), CAST([] AS VARCHAR[]))"
+    else:
+        v = c.var()
+        strings = f"list_transform({c.to_coll(base)}, lambda {v}: {v} ->> '$')"
     if re.fullmatch(r"'(?:[^']|'')*'", sep):
-        return _sql(f"array_to_string({strings}, {sep})", "STR")
+        # list_aggr directly: array_to_string() is a macro over it that costs more to bind.
+        return _sql(f"coalesce(list_aggr({strings}, 'string_agg', {sep}), '')", "STR")
     # array_to_string() wants a constant separator; a computed one folds the list instead.
     a, b = c.var(), c.var()
     return _sql(

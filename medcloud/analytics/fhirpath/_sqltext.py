@@ -7,6 +7,11 @@ def sql_str(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+# String-valued FHIR primitives (schema spelling): read as VARCHAR with ->> (JSON null reads as {}).
+STRING_TYPES = frozenset({
+    "string", "code", "id", "uri", "url", "canonical", "oid", "uuid", "markdown", "base64Binary", "date",
+    "dateTime", "time", "instant", "xhtml",
+})
 _NUMERIC = "('BIGINT', 'UBIGINT', 'DOUBLE')"
 # FHIR date/dateTime/instant (https://hl7.org/fhir/R4/datatypes.html#dateTime) and time.
 _DT = r"^(\d{4})(?:-(\d{2}))?(?:-(\d{2}))?(?:T(\d{2})(?::(\d{2}))?(?::(\d{2}))?(?:\.(\d+))?)?(Z|[+-]\d{2}:\d{2})?$"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from decimal import Decimal
+from functools import lru_cache
 
 from medcloud.analytics.errors import FhirPathSyntaxError
 from medcloud.analytics.fhirpath.ast import (
@@ -241,4 +242,10 @@ def parse(expression: str) -> Node:
     """Parse a FHIRPath expression; raises FhirPathSyntaxError with the position of the fault."""
     if not isinstance(expression, str):
         raise FhirPathSyntaxError(str(expression), 0, "expression must be a string")
+    return _parse(expression)
+
+
+@lru_cache(maxsize=4096)
+def _parse(expression: str) -> Node:
+    # ASTs are immutable; a view is parsed when validated and again when compiled, per run.
     return _Parser(expression).parse()

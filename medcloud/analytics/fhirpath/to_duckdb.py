@@ -20,7 +20,8 @@ from decimal import Decimal
 
 from medcloud.analytics.fhirpath import ast
 from medcloud.analytics.fhirpath._core import SCALARS, CompilerCore, Kind, Scope, Sql
-from medcloud.analytics.fhirpath._sqltext import MACROS, sql_str
+from medcloud.analytics.fhirpath._sqltext import MACROS, STRING_TYPES, sql_str
+from medcloud.fhir.definitions import elements
 
 __all__ = ["MACROS", "Compiler", "Kind", "Scope", "Sql", "sql_str"]
 
@@ -196,12 +197,17 @@ class Compiler(CompilerCore):
         return self.to_one(e).text
 
     # -- nodes -------------------------------------------------------------------------------
+    def knows(self, fhir_type: str | None, key: str) -> bool:
+        return fhir_type is not None and key in elements().get(fhir_type, {})
+
     def member(self, base: Sql, name: str) -> Sql:
+        info = elements().get(base.fhir_type or "", {}).get(name)
+        if info is not None and base.kind in ("ONE", "COLL"):
+            return self._schema_member(base, name, *info)
         path = sql_str(f'$."{name}"')
         hint = "date" if name == "birthDate" else ("dateTime" if name in _DATETIME_ELEMENTS else None)
         if base.kind == "ONE" and base.text == self.root:
-            index = self.root_fields.setdefault(path, len(self.root_fields) + 1)
-            return Sql(f"fp_items({ROOT_FIELDS}[{index}])", "COLL", hint)
+            return Sql(f"fp_items({ROOT_FIELDS}[{self._root_field(path)}])", "COLL", hint)
         if base.kind == "ONE":
             return Sql(f"fp_items(json_extract({base.text}, {path}))", "COLL", hint)
         if base.kind in _SCALARS:
@@ -212,6 +218,35 @@ class Compiler(CompilerCore):
             "COLL",
             hint,
         )
+
+    def _root_field(self, path: str) -> int:
+        return self.root_fields.setdefault(path, len(self.root_fields) + 1)
+
+    def _schema_member(self, base: Sql, name: str, fhir_type: str | None, repeats: bool) -> Sql:
+        """A member whose cardinality and type the R4 schema gives: plain JSON extraction.
+
+        Single-valued elements are one value (``STR`` for string-like primitives, else ``ONE``), not a
+        collection to normalise; chains of members fold into one JSONPath (``$[*]."given"[*]``).
+        Data that breaks the schema (an array where one value is allowed) is not normalised.
+        """
+        key = f'."{name}"' + ("[*]" if repeats else "")  # schema keys are plain identifiers
+        if base.kind == "ONE" and base.text == self.root:
+            field = f"{ROOT_FIELDS}[{self._root_field(sql_str('$' + key.removesuffix('[*]')))}]"
+            json, jsonpath = field, "$" + ("[*]" if repeats else "")
+        elif base.path is not None:
+            json, jsonpath = base.path[0], base.path[1] + key
+        elif base.kind == "ONE":
+            json, jsonpath = base.text, "$" + key
+        else:
+            json, jsonpath = f"to_json({base.text})", "$[*]" + key
+        if "[*]" in jsonpath:
+            text = f"coalesce(json_extract({json}, {sql_str(jsonpath)}), CAST([] AS JSON[]))"
+            return Sql(text, "COLL", fhir_type, (json, jsonpath))
+        if jsonpath == "$":
+            return Sql(json, "ONE", fhir_type, (json, jsonpath))
+        if fhir_type in STRING_TYPES:
+            return Sql(f"({json} ->> {sql_str(jsonpath)})", "STR", fhir_type)
+        return Sql(f"json_extract({json}, {sql_str(jsonpath)})", "ONE", fhir_type, (json, jsonpath))
 
     def _indexer(self, n: ast.Indexer, s: Scope) -> Sql:
         coll = self.to_coll(self.node(n.target, s))

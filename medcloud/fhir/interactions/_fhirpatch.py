@@ -13,49 +13,24 @@ the operation's position.
 
 from __future__ import annotations
 
-import gzip
-import json
 import re
 from dataclasses import dataclass
-from functools import cache
-from importlib import resources as pkg_resources
 from typing import Any
 
 from fhirpathpy import evaluate
 
 from medcloud.errors import Invalid, MedcloudError, Unprocessable
+from medcloud.fhir.definitions import elements
 
 OPERATIONS = ("add", "insert", "delete", "replace", "move")
 _SEGMENT = re.compile(r"^(`[^`]+`|[A-Za-z_][A-Za-z0-9_]*)(\((.*)\))?((?:\[\d+\])*)$", re.S)
 _INDEX = re.compile(r"\[(\d+)\]")
 
 
-@cache
-def _elements() -> dict[str, dict[str, tuple[str | None, bool]]]:
-    """Schema definition -> JSON key -> (type definition, repeats), from the R4 JSON schema."""
-    path = pkg_resources.files("medcloud.fhir") / "_spec" / "fhir.schema.json.gz"
-    raw = json.loads(gzip.decompress(path.read_bytes()))["definitions"]
-    out: dict[str, dict[str, tuple[str | None, bool]]] = {}
-    for name, definition in raw.items():
-        props = definition.get("properties")
-        if not props:
-            continue
-        table = {}
-        for key, prop in props.items():
-            if key.startswith("_"):
-                continue
-            repeats = prop.get("type") == "array"
-            ref = (prop.get("items", {}) if repeats else prop).get("$ref", "")
-            target = ref.rsplit("/", 1)[-1] or None
-            table[key] = (None if target == "ResourceList" else target, repeats)
-        out[name] = table
-    return out
-
-
 def _element(owner: str | None, key: str) -> tuple[str | None, bool] | None:
     if owner is None:
         return None
-    return _elements().get(owner, {}).get(key)
+    return elements().get(owner, {}).get(key)
 
 
 @dataclass(slots=True)
@@ -224,7 +199,7 @@ def _add(target: _Node, name: str, value: _Value) -> None:
     obj = target.value
     key = _key_for(target.type, name, value)
     info = _element(target.type, key)
-    if target.type is not None and target.type in _elements() and info is None:
+    if target.type is not None and target.type in elements() and info is None:
         raise Unprocessable(f"{target.type} has no element {name!r}")
     item = _convert(value, info[0] if info else None)
     if info is not None and info[1] or isinstance(obj.get(key), list):
