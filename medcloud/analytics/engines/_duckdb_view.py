@@ -39,9 +39,9 @@ def _ident(name: str) -> str:
 
 
 class _ViewCompiler:
-    def __init__(self, view: ViewDefinition, repeat_depth: int):
+    def __init__(self, view: ViewDefinition, repeat_depth: int, schema: bool = True):
         self.view = view
-        self.fp = Compiler(root=RESOURCE)
+        self.fp = Compiler(root=RESOURCE, schema=schema)
         self.fp.root_fields[sql_str('$."resourceType"')] = 1
         self.repeat_depth = repeat_depth
         # Per column name (unique in a view): the value as a SQL scalar when it is one, and whether
@@ -306,10 +306,11 @@ def _all_columns(sel: Select) -> list[Column]:
 
 def compile_view(
     view: ViewDefinition, source: str, repeat_depth: int = REPEAT_DEPTH,
-    types: dict[str, str | None] | None = None,
+    types: dict[str, str | None] | None = None, schema: bool = True,
 ) -> tuple[str, tuple[str, ...]]:
     """(SQL, column names) for ``view`` over ``source``, a relation with a JSON column ``resource``.
 
     Cells are JSON values, or with ``types`` (column -> SQL type, None to keep JSON) typed values.
+    ``schema=False`` compiles without the R4 schema (every member through the general path).
     """
-    return _ViewCompiler(view, repeat_depth).select_sql(source, types)
+    return _ViewCompiler(view, repeat_depth, schema).select_sql(source, types)

@@ -108,10 +108,14 @@ class DuckDBEngine:
     name = "duckdb"
 
     def __init__(
-        self, connection: duckdb.DuckDBPyConnection | None = None, *, repeat_depth: int = REPEAT_DEPTH
+        self, connection: duckdb.DuckDBPyConnection | None = None, *, repeat_depth: int = REPEAT_DEPTH,
+        schema_aware: bool = True,
     ):
         self.con = connection if connection is not None else duckdb.connect(":memory:")
         self.repeat_depth = repeat_depth
+        # False: read every element through the general collection path, for data that breaks the
+        # R4 schema (an array where one value is allowed); docs/analytics.md "Schema-aware compilation".
+        self.schema_aware = schema_aware
         for macro in MACROS:
             self.con.execute(macro)
 
@@ -134,7 +138,7 @@ class DuckDBEngine:
         """The SELECT that produces the view's rows (JSON cells unless ``typed``)."""
         v = self.view(view)
         types = {c.name: _column_type(c) for c in v.columns} if typed else None
-        return compile_view(v, source.relation(self.con, v.resource), self.repeat_depth, types)
+        return compile_view(v, source.relation(self.con, v.resource), self.repeat_depth, types, self.schema_aware)
 
     def run(
         self, view: ViewDefinition | dict[str, Any], source: Source | Sequence[dict[str, Any]]

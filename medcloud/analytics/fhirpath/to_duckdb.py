@@ -91,12 +91,15 @@ class Compiler(CompilerCore):
     EMPTY = "CAST([] AS JSON[])"
     VAR_PREFIX = "_v"
 
-    def __init__(self, root: str | None = None) -> None:
+    def __init__(self, root: str | None = None, *, schema: bool = True) -> None:
         super().__init__()
         # Members of the resource itself are read with one multi-path json_extract per resource
         # (``root_fields``), so the resource's JSON text is parsed once, not once per column.
         self.root = root
         self.root_fields: dict[str, int] = {}
+        # Read members the R4 schema knows by their cardinality and type (False: always the general
+        # collection path, for data that breaks the schema).
+        self.schema = schema
 
     # -- dialect hooks -------------------------------------------------------------------------
     def quote(self, value: str) -> str:
@@ -198,10 +201,10 @@ class Compiler(CompilerCore):
 
     # -- nodes -------------------------------------------------------------------------------
     def knows(self, fhir_type: str | None, key: str) -> bool:
-        return fhir_type is not None and key in elements().get(fhir_type, {})
+        return self.schema and fhir_type is not None and key in elements().get(fhir_type, {})
 
     def member(self, base: Sql, name: str) -> Sql:
-        info = elements().get(base.fhir_type or "", {}).get(name)
+        info = elements().get(base.fhir_type or "", {}).get(name) if self.schema else None
         if info is not None and base.kind in ("ONE", "COLL"):
             return self._schema_member(base, name, *info)
         path = sql_str(f'$."{name}"')
