@@ -254,8 +254,9 @@ class _ViewCompiler:
         ]
         paths = ", ".join(self.fp.root_fields)  # keys are SQL string literals, in index order
         singles = {c: e for p in parts if p.single is not None for c, e in p.single.items()}
-        names = {c: f"__c{i}" for i, c in enumerate(singles)}
         manys = [p for p in parts if p.many is not None]
+        # One row per resource: the projection names the view's columns itself (no outer SELECT).
+        names = {c: (_ident(c) if not manys else f"__c{i}") for i, c in enumerate(singles)}
         # Every per-resource value (cells and row lists) is computed in one projection; the resource
         # and its parsed members are dropped before the UNNESTs multiply rows.
         if types is None:
@@ -266,14 +267,20 @@ class _ViewCompiler:
         # Malformed input lines (NULL resources) have no resourceType, so the type test drops them.
         # The resource itself is carried only when an expression still reads it (fewer binds).
         uses_resource = re.search(rf"\b{RESOURCE}\b", " ".join([*computed, *conditions])) is not None
-        parsed = (
-            f"SELECT json_extract({RESOURCE}, [{paths}]) AS {ROOT_FIELDS}{f', {RESOURCE}' if uses_resource else ''} "
-            f"FROM (SELECT CAST(resource AS JSON) AS {RESOURCE} FROM {source}) AS __in"
-        )
+        if uses_resource:
+            parsed = (
+                f"SELECT json_extract({RESOURCE}, [{paths}]) AS {ROOT_FIELDS}, {RESOURCE} "
+                f"FROM (SELECT CAST(resource AS JSON) AS {RESOURCE} FROM {source}) AS __in"
+            )
+        else:
+            parsed = f"SELECT json_extract(CAST(resource AS JSON), [{paths}]) AS {ROOT_FIELDS} FROM {source} AS __in"
         query = (
             f"SELECT {', '.join(computed) or 'NULL AS __none'} FROM ({parsed}) AS __parsed WHERE "
             + " AND ".join(conditions)
         )
+        columns = tuple(c for p in parts for c in p.columns)
+        if not manys and singles:
+            return query, columns
         out: dict[str, str] = {c: names[c] for c in singles}
         carried = list(names.values())
         for k, p in enumerate(manys):
@@ -284,7 +291,6 @@ class _ViewCompiler:
                 c: f"__p{k}.{_ident(c)}" if types is None else self.typed(c, f"__p{k}.{_ident(c)}", types[c], False)
                 for c in p.columns
             })
-        columns = tuple(c for p in parts for c in p.columns)
         cols = ", ".join(f"{out[c]} AS {_ident(c)}" for c in columns)
         return f"SELECT {cols} FROM ({query}) AS __rows", columns
 

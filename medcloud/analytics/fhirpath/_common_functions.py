@@ -18,11 +18,16 @@ __all__ = ["register"]
 _Args = tuple[ast.Node, ...]
 
 
-def _criteria(c: CompilerCore, arg: ast.Node, s: Scope, base: Sql) -> tuple[str, str, str]:
-    """(variable, index, SQL boolean) for a criteria argument evaluated per item ($index 0-based)."""
+def _criteria(c: CompilerCore, arg: ast.Node, s: Scope, base: Sql, keep: bool = True) -> tuple[str, str, str]:
+    """(variable, index, SQL boolean) for a criteria argument evaluated per item ($index 0-based).
+
+    ``keep``: the boolean only decides which items a list filter keeps, where NULL ({}) already
+    drops the item as FALSE would; otherwise {} is made FALSE explicitly.
+    """
     v, i = c.var(), c.var()
     body = c.node(arg, lambda_scope(s, v, c.lambda_index(i), base.fhir_type))
-    return v, i, f"coalesce({c.to_bool(body)}, FALSE)"
+    crit = c.to_bool(body)
+    return v, i, (crit if keep else f"coalesce({crit}, FALSE)")
 
 
 def _empty(c: CompilerCore, base: Sql, args: _Args, s: Scope) -> Sql:
@@ -41,7 +46,7 @@ def _exists(c: CompilerCore, base: Sql, args: _Args, s: Scope) -> Sql:
 
 
 def _all(c: CompilerCore, base: Sql, args: _Args, s: Scope) -> Sql:
-    v, i, crit = _criteria(c, args[0], s, base)
+    v, i, crit = _criteria(c, args[0], s, base, keep=False)
     return Sql(f"({c.size(c.filter(c.to_coll(base), v, i, f'NOT {crit}'))} = 0)", "BOOL")
 
 

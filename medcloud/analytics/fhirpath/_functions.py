@@ -178,14 +178,15 @@ _fn("highBoundary", 0, 1)(_boundary("high"))
 def _join(c: Compiler, base: Sql, args: tuple[ast.Node, ...], s: Scope) -> Sql:
     sep = c.to_str(c.node(args[0], s)) if args else "''"
     if base.path is not None and "[*]" in base.path[1]:  # one JSONPath: no lambda to bind
-        strings = f"coalesce(json_extract_string({base.path[0]}, {sql_str(base.path[1])}), CAST([] AS VARCHAR[]))"
+        strings = f"json_extract_string({base.path[0]}, {sql_str(base.path[1])})"  # NULL joins to '' below
     else:
         v = c.var()
         strings = f"list_transform({c.to_coll(base)}, lambda {v}: {v} ->> '$')"
-    if re.fullmatch(r"'(?:[^']|'')*'", sep):
+    if re.fullmatch(r"'(?:[^']|'')*'", sep):  # list_aggr of an empty list or NULL is NULL
         # list_aggr directly: array_to_string() is a macro over it that costs more to bind.
         return _sql(f"coalesce(list_aggr({strings}, 'string_agg', {sep}), '')", "STR")
     # array_to_string() wants a constant separator; a computed one folds the list instead.
+    strings = f"coalesce({strings}, CAST([] AS VARCHAR[]))"
     a, b = c.var(), c.var()
     return _sql(
         c.let(

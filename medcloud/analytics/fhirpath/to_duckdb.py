@@ -243,7 +243,9 @@ class Compiler(CompilerCore):
         else:
             json, jsonpath = f"to_json({base.text})", "$[*]" + key
         if "[*]" in jsonpath:
-            text = f"coalesce(json_extract({json}, {sql_str(jsonpath)}), CAST([] AS JSON[]))"
+            text = f"json_extract({json}, {sql_str(jsonpath)})"
+            if not json.startswith("to_json("):  # a node may be absent; to_json(list) is never NULL
+                text = f"coalesce({text}, CAST([] AS JSON[]))"
             return Sql(text, "COLL", fhir_type, (json, jsonpath))
         if jsonpath == "$":
             return Sql(json, "ONE", fhir_type, (json, jsonpath))
