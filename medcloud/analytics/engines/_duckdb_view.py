@@ -239,7 +239,11 @@ class _ViewCompiler:
         if sql_type == "VARCHAR":
             if column in self.primitive:
                 return f"({cell} ->> '$')"
-            return f"CASE WHEN json_type({cell}) IN ('OBJECT', 'ARRAY') THEN CAST({cell} AS VARCHAR) ELSE {cell} ->> '$' END"
+            return self.fp.let(
+                cell,
+                lambda x: f"CASE WHEN json_type({x}) IN ('OBJECT', 'ARRAY') THEN CAST({x} AS VARCHAR) ELSE {x} ->> '$' END",
+                "::JSON",
+            )
         if sql_type == "BLOB":
             return f"from_base64({cell} ->> '$')"
         return f"CAST({cell} ->> '$' AS {sql_type})"

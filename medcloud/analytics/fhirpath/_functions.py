@@ -149,11 +149,14 @@ def _get_reference_key(c: Compiler, base: Sql, args: tuple[ast.Node, ...], s: Sc
         if name is None:
             raise ViewDefinitionError("", "getReferenceKey() takes a resource type such as Patient")
         resource_type = sql_str(name)
+    if base.kind == "ONE":  # one Reference (the usual ``subject.getReferenceKey()``): one key or {}
+        return _sql(f"fp_ref_key({base.text}, {resource_type})", "STR", "string")
     v, k = c.var(), c.var()
     return _sql(
         f"list_filter(list_transform({c.to_coll(base)}, lambda {v}: to_json(fp_ref_key({v}, {resource_type}))), "
         f"lambda {k}: {k} IS NOT NULL)",
         "COLL",
+        "string",
     )
 
 
