@@ -100,6 +100,7 @@ class Compiler(CompilerCore):
         # Read members the R4 schema knows by their cardinality and type (False: always the general
         # collection path, for data that breaks the schema).
         self.schema = schema
+        self._lists: set[str] = set()  # to_json(<collection>) texts: JSON that is never NULL
 
     # -- dialect hooks -------------------------------------------------------------------------
     def quote(self, value: str) -> str:
@@ -242,9 +243,10 @@ class Compiler(CompilerCore):
             json, jsonpath = base.text, "$" + key
         else:
             json, jsonpath = f"to_json({base.text})", "$[*]" + key
+            self._lists.add(json)  # a collection is never NULL, so neither is this JSON array
         if "[*]" in jsonpath:
             text = f"json_extract({json}, {sql_str(jsonpath)})"
-            if not json.startswith("to_json("):  # a node may be absent; to_json(list) is never NULL
+            if json not in self._lists:  # the node may be absent (NULL): still an empty collection
                 text = f"coalesce({text}, CAST([] AS JSON[]))"
             return Sql(text, "COLL", fhir_type, (json, jsonpath))
         if jsonpath == "$":
