@@ -19,7 +19,7 @@ from medcloud.errors import Conflict
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODELS = {"brain-mri": "brain-mri-1.1.0.zip", "pneumonia": "pneumonia-1.0.0.zip"}
+DEFAULT_MODELS = {"brain-mri": "brain-mri-1.1.0.zip", "pneumonia": "pneumonia-1.1.0.zip"}
 
 
 def shipped(name: str) -> Path:

@@ -51,7 +51,7 @@ def test_defaults_are_registered_and_active_at_first_start_only(backend: str, tm
     try:
         versions = Registry(svc.db).list()
         shipped = {n: f.removeprefix(f"{n}-").removesuffix(".zip") for n, f in DEFAULT_MODELS.items()}
-        assert shipped == {"brain-mri": "1.1.0", "pneumonia": "1.0.0"}
+        assert shipped == {"brain-mri": "1.1.0", "pneumonia": "1.1.0"}
         assert {(v.name, v.version, v.active) for v in versions} == {(n, shipped[n], True) for n in DEFAULT_MODELS}
         assert all(v.registered_by == "medcloud (default model)" for v in versions)
     finally:
@@ -136,7 +136,7 @@ def test_evaluate_by_registered_name_after_start(pneumonia_folder: Path, tmp_pat
     code, stdout, stderr = evaluate("--model", "pneumonia", "--data", str(pneumonia_folder), "--json",
                                     "--data-dir", str(tmp_path / "data"))
     assert code == 0, stderr
-    assert json.loads(stdout)["version"] == "1.0.0"
+    assert json.loads(stdout)["version"] == "1.1.0"
 
 
 def test_evaluate_refuses_folders_that_are_not_labels_and_lists_unreadable_files(tmp_path: Path) -> None:

@@ -69,3 +69,63 @@ def test_hog_and_cnn_members_share_one_graph_and_are_reproducible(tmp_path: Path
     with pytest.raises(Invalid, match="agree on hflip"):
         run(replace(recipe, fit={**recipe.fit, "cnn": {**recipe.fit["cnn"], "hflip": False}}), BRAIN,
             tmp_path / "c", epochs=1, limit=2, log=lambda _: None)
+
+
+def test_photometric_augmentation_is_seeded_and_stays_an_image() -> None:
+    import torch
+
+    from medcloud.ai.train import RECIPES
+    from medcloud.ai.train.fit import FitConfig, _augment
+
+    recipe = RECIPES["pneumonia"]
+    fit = {**recipe.fit, "photometric": {"p": 0.5, "gamma": 0.4, "contrast": 0.25, "brightness": 0.1,
+                                         "blur": (0.5, 1.0), "blur_p": 0.5, "noise": 0.04, "noise_p": 0.5},
+           "pixel": (0.5, 0.25), "rotate": 0.0, "scale": 0.0, "shift": 0.0, "intensity": 0.0}
+    cfg = FitConfig(**fit)
+    x = (torch.rand(16, 1, 28, 28, generator=torch.Generator().manual_seed(1)) - 0.5) / 0.25
+    a = _augment(x, cfg, torch.Generator().manual_seed(7))
+    assert torch.equal(a, _augment(x, cfg, torch.Generator().manual_seed(7)))  # same seed, same batch
+    assert not torch.equal(a, _augment(x, cfg, torch.Generator().manual_seed(8)))
+    assert not torch.allclose(a, x, atol=1e-3)  # it changes the images...
+    image = a * 0.25 + 0.5
+    assert float(image.min()) >= -1e-6 and float(image.max()) <= 1 + 1e-6  # ...within [0, 1]
+    plain = FitConfig(**{**fit, "photometric": None})
+    assert torch.allclose(_augment(x, plain, torch.Generator().manual_seed(7)), x, atol=1e-5)  # off: identity here
+
+
+def test_stratified_holdout_is_seeded_and_keeps_the_class_mix() -> None:
+    from medcloud.ai.train.data import stratified_holdout
+
+    y = np.array([0] * 40 + [1] * 360)
+    idx = np.arange(10, 400)  # a training split: indices into y
+    kept, held = stratified_holdout(y, idx, 0.1, seed=3)
+    assert np.array_equal(np.sort(np.concatenate([kept, held])), idx) and not set(kept) & set(held)
+    assert np.bincount(y[held]).tolist() == [3, 36]  # 10 % of 30 and of 360
+    assert np.array_equal(held, stratified_holdout(y, idx, 0.1, seed=3)[1])
+    assert not np.array_equal(held, stratified_holdout(y, idx, 0.1, seed=4)[1])
+
+
+@pytest.mark.skipif(not PNEUMONIA.is_file(), reason="shared PneumoniaMNIST data not present")
+def test_holdout_stops_on_train_and_leaves_validation_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from medcloud.ai.train import RECIPES, fit, run
+    from medcloud.ai.train.data import npz_split
+
+    recipe = replace(RECIPES["pneumonia"], holdout=0.25)
+    seen: list[tuple[np.ndarray, np.ndarray]] = []
+    original = fit.train_member
+
+    def spy(x: np.ndarray, y: np.ndarray, xv: np.ndarray, *args: object, **kwargs: object) -> object:
+        seen.append((x, xv))
+        return original(x, y, xv, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fit, "train_member", spy)
+    pkg = packages.read(run(recipe, PNEUMONIA, tmp_path, epochs=1, limit=12, threads=1, log=lambda _: None))
+    m = pkg.manifest.metrics
+    assert (m["train_n"], m["holdout_n"], m["val_n"]) == (18, 6, 24)  # 3 of 12 per class held out
+    val = {row.tobytes() for row in npz_split(PNEUMONIA, "val", recipe.spec).x}
+    train = {row.tobytes() for row in npz_split(PNEUMONIA, "train", recipe.spec).x}
+    assert len(seen) == recipe.fit["ensemble"]
+    for x, xv in seen:
+        trained, stopped = {r.tobytes() for r in x}, {r.tobytes() for r in xv}
+        assert not trained & val and not stopped & val  # the validation split chose nothing
+        assert stopped <= train and not trained & stopped

@@ -117,3 +117,18 @@ def grouped_split(y: np.ndarray, groups: np.ndarray, fraction: float, seed: int)
     mask = np.zeros(len(y), dtype=bool)
     mask[val] = True
     return np.flatnonzero(~mask), np.flatnonzero(mask)
+
+
+def stratified_holdout(y: np.ndarray, indices: np.ndarray, fraction: float,
+                       seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(kept, held out): a seeded ``fraction`` of each class of ``y[indices]`` held out (at least one
+    image of a class with two or more), e.g. to stop training and fit the temperature on a slice of
+    the training split and leave the validation split to measure only. Both sorted."""
+    rng = np.random.default_rng(seed)
+    held: list[np.ndarray] = []
+    for c in np.unique(y[indices]):
+        members = indices[y[indices] == c]
+        take = min(len(members) - 1, max(1, round(fraction * len(members))))
+        held.append(rng.permutation(members)[:take])
+    out = np.sort(np.concatenate(held)) if held else np.array([], dtype=np.int64)
+    return np.setdiff1d(indices, out), out

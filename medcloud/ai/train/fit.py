@@ -41,6 +41,13 @@ class FitConfig:
     ensemble: int  # members trained with seeds seed, seed+1, ...
     stop_after: int | None = None  # end after this epoch (the schedule still spans ``epochs``)
     max_minutes: float | None = None  # per member: end after the epoch that passes this wall time
+    # Photometric augmentation on the [0, 1] image (off when None; see ``_photometric``): keys ``p``
+    # (chance of each of gamma/contrast/brightness), ``gamma`` (max |ln gamma|), ``contrast`` (+- fraction,
+    # about each image's mean), ``brightness`` (+- additive), ``blur`` ((min, max) Gaussian sigma in
+    # pixels), ``blur_p``, ``noise`` (max Gaussian sigma), ``noise_p``.
+    photometric: dict[str, Any] | None = None
+    pixel: tuple[float, float] = (0.0, 1.0)  # (mean, std) of the input normalisation: image = x * std + mean
+    standardise: bool = False  # per-image standardisation as the network's first layer (inside the graph)
 
 
 def seed_everything(seed: int) -> None:
@@ -51,8 +58,10 @@ def seed_everything(seed: int) -> None:
 
 
 class ConvNet(nn.Module):
-    def __init__(self, channels: int, classes: int, widths: tuple[int, ...], convs: int, dropout: float):
+    def __init__(self, channels: int, classes: int, widths: tuple[int, ...], convs: int, dropout: float,
+                 standardise: bool = False):
         super().__init__()
+        self.standardise = standardise
         layers: list[nn.Module] = []
         c_in = channels
         for w in widths:
@@ -64,6 +73,9 @@ class ConvNet(nn.Module):
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(c_in, classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.standardise:  # each image to mean 0, std 1: invariant to global contrast/brightness
+            x = x - x.mean(dim=(1, 2, 3), keepdim=True)
+            x = x / torch.sqrt((x * x).mean(dim=(1, 2, 3), keepdim=True) + 1e-4)
         return self.head(self.features(x).mean(dim=(2, 3)))
 
 
@@ -117,9 +129,61 @@ def _augment(x: torch.Tensor, cfg: FitConfig, gen: torch.Generator) -> torch.Ten
                          torch.stack([sin * flip, cos, uniform(cfg.shift) * 2], 1)], 1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    if cfg.photometric:
+        out = _photometric(out, cfg, gen)
     contrast = (1 + uniform(cfg.intensity)).view(n, 1, 1, 1)
     bright = uniform(cfg.intensity).view(n, 1, 1, 1)
     return out * contrast + bright
+
+
+def _photometric(x: torch.Tensor, cfg: FitConfig, gen: torch.Generator) -> torch.Tensor:
+    """Random gamma, contrast (about each image's mean), brightness, Gaussian blur and Gaussian noise on
+    the [0, 1] image (clipped after each step that can leave it), each per image with its own chance.
+    Every random number is drawn whether or not its step applies, so the stream never depends on the
+    draws: same seed -> same batches."""
+    ph = cfg.photometric or {}
+    mean, std = cfg.pixel
+    n = x.shape[0]
+    img = (x * std + mean).clamp(0.0, 1.0)
+
+    def chance(p: float) -> torch.Tensor:
+        return (torch.rand(n, generator=gen) < p).view(n, 1, 1, 1)
+
+    def uniform(lo: float, hi: float) -> torch.Tensor:
+        return (lo + torch.rand(n, generator=gen) * (hi - lo)).view(n, 1, 1, 1)
+
+    p = float(ph.get("p", 0.5))
+    g = float(ph.get("gamma", 0.0))
+    gamma, on = torch.exp(uniform(-g, g)), chance(p)
+    img = torch.where(on, img.clamp_min(1e-6) ** gamma, img)
+    c = float(ph.get("contrast", 0.0))
+    factor, on = uniform(1 - c, 1 + c), chance(p)
+    centre = img.mean(dim=(1, 2, 3), keepdim=True)
+    img = torch.where(on, (img - centre) * factor + centre, img)
+    b = float(ph.get("brightness", 0.0))
+    shift, on = uniform(-b, b), chance(p)
+    img = torch.where(on, img + shift, img).clamp(0.0, 1.0)
+    lo, hi = ph.get("blur", (0.0, 0.0))
+    sigma, on = uniform(float(lo), float(hi)), chance(float(ph.get("blur_p", 0.0)))
+    if hi > 0:
+        img = torch.where(on, _gaussian_blur(img, sigma.view(n)), img)
+    s = float(ph.get("noise", 0.0))
+    level, on = uniform(0.0, s), chance(float(ph.get("noise_p", 0.0)))
+    noise = torch.randn(img.shape, generator=gen) * level
+    img = torch.where(on, img + noise, img).clamp(0.0, 1.0)
+    return (img - mean) / std
+
+
+def _gaussian_blur(img: torch.Tensor, sigma: torch.Tensor, radius: int = 3) -> torch.Tensor:
+    """Each image (N, C, H, W) blurred with its own sigma (separable, edges replicated)."""
+    n, c, h, w = img.shape
+    t = torch.arange(-radius, radius + 1, dtype=img.dtype)
+    k = torch.exp(-0.5 * (t.view(1, -1) / sigma.clamp_min(1e-3).view(-1, 1)) ** 2)
+    k = (k / k.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0)  # (N*C, 2r+1)
+    z = F.pad(img.reshape(1, n * c, h, w), (radius, radius, radius, radius), mode="replicate")
+    z = F.conv2d(z, k.view(n * c, 1, 1, -1), groups=n * c)
+    z = F.conv2d(z, k.view(n * c, 1, -1, 1), groups=n * c)
+    return z.view(n, c, h, w)
 
 
 def predict_logits(model: Any, x: np.ndarray, batch: int = 256) -> np.ndarray:
@@ -134,7 +198,7 @@ def train_member(x: np.ndarray, y: np.ndarray, xv: np.ndarray, yv: np.ndarray, c
     """One network; early stopping keeps the epoch with the best validation ``score`` (higher is better)."""
     seed_everything(seed)
     gen = torch.Generator().manual_seed(seed)
-    model = ConvNet(x.shape[1], classes, cfg.widths, cfg.convs_per_block, cfg.dropout)
+    model = ConvNet(x.shape[1], classes, cfg.widths, cfg.convs_per_block, cfg.dropout, cfg.standardise)
     counts = np.bincount(y, minlength=classes).astype(np.float64)
     weights = torch.tensor(len(y) / (classes * np.maximum(counts, 1)), dtype=torch.float32)  # balanced
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
