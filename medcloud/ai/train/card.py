@@ -48,7 +48,7 @@ Seeded ({setup["seed"]}), PyTorch {setup["torch"]} on CPU with {setup["threads"]
 {setup["network"]}.{" The ONNX graph averages the logits of each image and its mirror image (test-time augmentation)." if setup["hflip"] else ""}
 Temperature T = {temperature:.3f} fitted on validation NLL and divided into the logits inside the graph.
 Wall time: {metrics["train_seconds"]:.0f} s end to end (data loading {setup["load_seconds"]} s) on a shared
-2-core machine, run with `nice -n 10`.
+2-core machine, run at low priority (`nice`).
 
 ## Validation figures
 On our own validation split ({report["n"]} images; {"grouped by near-duplicate hash so that no near-copy is on both sides" if recipe.kind == "folder" else "the data set's official validation split"}).
