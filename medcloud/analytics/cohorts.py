@@ -246,7 +246,8 @@ def sql_members(definition: CohortDefinition, sources: Mapping[str, Source]) -> 
         for view in definition.views:
             name = view_name(view)
             query, _ = engine.sql(view, sources[name], typed=True)
-            engine.con.execute(f'CREATE TEMP VIEW "{name}" AS {query}')
+            engine.con.execute(f'CREATE TEMP TABLE "{name}" AS {query}')
+        sandbox(engine.con)
         try:
             cur = engine.con.execute(definition.expression)
             columns = [d[0] for d in cur.description or []]
@@ -261,6 +262,16 @@ def sql_members(definition: CohortDefinition, sources: Mapping[str, Source]) -> 
             raise Invalid(f"the cohort SQL failed: {str(e).splitlines()[0]}") from e
     ids = {str(r[idx]).split("Patient/")[-1] for r in rows if r[idx] is not None}
     return sorted(ids)
+
+
+def sandbox(con: Any) -> None:
+    """Confine a DuckDB connection to the tables it already holds before running a user's SQL.
+
+    No file or network access (``read_csv('/etc/passwd')``, ``COPY ... TO``, ``ATTACH``, extension
+    loading), and the setting cannot be turned back on from the query.
+    """
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
 
 
 # ---------------------------------------------------------------- storage as Group resources

@@ -88,6 +88,22 @@ def test_sql_cohort_over_views_of_the_store(services, people):
     assert run.status == 200 and _members(run.resource) == ["Patient/p1", "Patient/p3"]
 
 
+@pytest.mark.parametrize("sql", [
+    "SELECT id AS patient_id FROM patients WHERE (SELECT count(*) FROM read_text('/etc/hostname')) > 0",
+    "COPY (SELECT id AS patient_id FROM patients) TO '{out}'",
+    "SET enable_external_access = true; "
+    "SELECT id AS patient_id FROM patients WHERE (SELECT count(*) FROM read_text('/etc/hostname')) > 0",
+])
+def test_cohort_sql_cannot_touch_the_servers_files(services, people, tmp_path: Path, sql: str):
+    out = tmp_path / "leak.csv"
+    d = cohorts.CohortDefinition("leak", cohorts.SQL, sql.format(out=out), views=(PATIENTS_VIEW,))
+    _define(services, d)
+    run = _call(services, "POST", "Group/leak/$cohort-run")
+    assert run.status in (400, 422), run.resource
+    assert run.resource["resourceType"] == "OperationOutcome"
+    assert not out.exists()
+
+
 def test_group_export_of_a_materialised_cohort_returns_its_members_data(services, people, client):
     _define(services, cohorts.CohortDefinition("diabetes", cohorts.FHIR_QUERY, f"Condition?code={DIABETES}"))
     run = client.post("/fhir/Group/diabetes/$cohort-run")  # through the HTTP edge
