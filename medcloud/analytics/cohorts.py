@@ -175,13 +175,13 @@ def search_members(ctx: FhirContext, conn: Connection, principal: Principal, exp
     Searches on other types resolve to their ``subject`` or ``patient`` when that is a Patient.
     """
     rtype, query = parse_search(expression)
-    return sorted({pid for s in _matching(ctx, conn, principal, rtype, query)
+    return sorted({pid for s in matching(ctx, conn, principal, rtype, query)
                    if (pid := _patient_of(s, rtype)) is not None})
 
 
 def store_resources(ctx: FhirContext, conn: Connection, principal: Principal, rtype: str) -> list[dict[str, Any]]:
     """Every current ``rtype`` resource the principal may read (the store as a SQL-on-FHIR source)."""
-    return [orjson.loads(s.content) for s in _matching(ctx, conn, principal, rtype, []) if s.content]
+    return [orjson.loads(s.content) for s in matching(ctx, conn, principal, rtype, []) if s.content]
 
 
 def check_search(ctx: FhirContext, conn: Connection, principal: Principal, expression: str) -> None:
@@ -205,7 +205,7 @@ def _conditions(ctx: FhirContext, conn: Connection, principal: Principal, rtype:
             *planner.conditions(resources, (rtype,), query)]
 
 
-def _matching(ctx: FhirContext, conn: Connection, principal: Principal, rtype: str,
+def matching(ctx: FhirContext, conn: Connection, principal: Principal, rtype: str,
               query: list[tuple[str, str]]) -> Iterator[Stored]:
     from medcloud.storage.schema import resources
 
@@ -330,7 +330,7 @@ def _put(ctx: FhirContext, conn: Connection, principal: Principal, group: dict[s
 
 def list_definitions(ctx: FhirContext, conn: Connection, principal: Principal) -> list[tuple[CohortDefinition, Stored]]:
     out = []
-    for s in _matching(ctx, conn, principal, "Group", [("actual", "false")]):
+    for s in matching(ctx, conn, principal, "Group", [("actual", "false")]):
         doc = orjson.loads(s.content or b"{}")
         if any(e.get("url") in (EXT_EXPRESSION, EXT_SQL) for e in doc.get("extension") or []):
             try:

@@ -69,7 +69,6 @@ def run(ctx: FhirContext, conn: Any, req: FhirRequest, target: Target) -> FhirRe
 
     from medcloud.analytics.engines._sources import ResourcesSource, Source
     from medcloud.analytics.engines.duckdb import DuckDBEngine
-    from medcloud.analytics.server.store import StoreQuery, StoreSource
 
     rtype = view.resource
     inline = params.all("resource")
@@ -81,16 +80,7 @@ def run(ctx: FhirContext, conn: Any, req: FhirRequest, target: Target) -> FhirRe
         source = ResourcesSource(tuple(r for r in inline if r.get("resourceType") == rtype
                                        and (since is None or _updated_after(r, since))))
     else:
-        patients = _patients(ctx, req, params, rtype)
-        readable = ctx.guard.read_filter(req.principal, rtype)
-        if readable == ():
-            raise Forbidden(f"this token grants no read access to {rtype}, the resource type of the view")
-        confined = confined_patients(readable)
-        if confined is not None:
-            patients = confined if patients is None else tuple(p for p in patients if p in confined)
-        principal = req.principal
-        source = StoreSource(ctx.db, StoreQuery(rtype, patients, since),
-                             admit=lambda s: ctx.guard.can_read(principal, s))
+        source = readable_source(ctx, req, rtype, _patients(ctx, req, params, rtype), since)
 
     tmp_dir = Path(tempfile.mkdtemp(prefix="medcloud-run-"))
     try:
@@ -101,11 +91,29 @@ def run(ctx: FhirContext, conn: Any, req: FhirRequest, target: Target) -> FhirRe
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
-    return FhirResponse(status=200, stream=_stream(out, tmp_dir), media_type=FORMATS[fmt],
+    return FhirResponse(status=200, stream=stream_file(out, tmp_dir), media_type=FORMATS[fmt],
                         headers={"Content-Length": str(size)})
 
 
-def _stream(path: Path, tmp_dir: Path) -> Iterator[bytes]:
+def readable_source(ctx: FhirContext, req: FhirRequest, rtype: str, patients: tuple[str, ...] | None = None,
+                    since: int | None = None) -> Any:
+    """The store's ``rtype`` resources the caller may read, streamed (a StoreSource); 403 without read access.
+
+    A ``patient/`` token is confined to its compartment in SQL and every row is checked again by the guard.
+    """
+    from medcloud.analytics.server.store import StoreQuery, StoreSource
+
+    readable = ctx.guard.read_filter(req.principal, rtype)
+    if readable == ():
+        raise Forbidden(f"this token grants no read access to {rtype}, the resource type of the view")
+    confined = confined_patients(readable)
+    if confined is not None:
+        patients = confined if patients is None else tuple(p for p in patients if p in confined)
+    principal = req.principal
+    return StoreSource(ctx.db, StoreQuery(rtype, patients, since), admit=lambda s: ctx.guard.can_read(principal, s))
+
+
+def stream_file(path: Path, tmp_dir: Path) -> Iterator[bytes]:
     try:
         with open(path, "rb") as fh:
             while chunk := fh.read(CHUNK):
