@@ -179,11 +179,6 @@ def search_members(ctx: FhirContext, conn: Connection, principal: Principal, exp
                    if (pid := _patient_of(s, rtype)) is not None})
 
 
-def store_resources(ctx: FhirContext, conn: Connection, principal: Principal, rtype: str) -> list[dict[str, Any]]:
-    """Every current ``rtype`` resource the principal may read (the store as a SQL-on-FHIR source)."""
-    return [orjson.loads(s.content) for s in matching(ctx, conn, principal, rtype, []) if s.content]
-
-
 def check_search(ctx: FhirContext, conn: Connection, principal: Principal, expression: str) -> None:
     """Plan the search without running it: unknown parameters and bad values raise ``Invalid``."""
     rtype, query = parse_search(expression)

@@ -44,13 +44,13 @@ def _evaluate(ctx: FhirContext, conn: Connection, req: FhirRequest, definition: 
         rtype, _ = cohorts.parse_search(definition.expression)
         cohorts.require_population_access(ctx, req.principal, [rtype])
         return cohorts.search_members(ctx, conn, req.principal, definition.expression)
-    from medcloud.analytics.engines._sources import ResourcesSource
+    from medcloud.analytics.server.run import readable_source
     from medcloud.analytics.viewdef import parse_view
 
     types = {cohorts.view_name(v): parse_view(v).resource for v in definition.views}
     cohorts.require_population_access(ctx, req.principal, list(types.values()))
-    sources = {name: ResourcesSource(tuple(cohorts.store_resources(ctx, conn, req.principal, t)))
-               for name, t in types.items()}
+    # Streamed from the store in batches (what the caller may read), not loaded into Python first.
+    sources = {name: readable_source(ctx, req, t) for name, t in types.items()}
     return cohorts.sql_members(definition, sources)
 
 
