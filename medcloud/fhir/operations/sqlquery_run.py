@@ -11,7 +11,8 @@ if TYPE_CHECKING:
     from medcloud.fhir.context import FhirContext
     from medcloud.fhir.exchange import FhirRequest, FhirResponse
 
-DEFINITION = "https://sql-on-fhir.org/ig/OperationDefinition/SQLQueryRun"
+# Spelled as operations-capability names the spec's other operations ($run, $viewdefinition-export).
+DEFINITION = "http://sql-on-fhir.org/OperationDefinition/$sqlquery-run"
 
 
 def run(ctx: FhirContext, conn: Any, req: FhirRequest, target: Target) -> FhirResponse:
