@@ -30,23 +30,7 @@ _SCALARS = SCALARS
 
 
 # FHIR primitive type -> predicate on json_type(); complex types are JSON objects.
-_STRINGY = {
-    "string",
-    "code",
-    "id",
-    "uri",
-    "url",
-    "canonical",
-    "oid",
-    "uuid",
-    "markdown",
-    "base64binary",
-    "date",
-    "datetime",
-    "time",
-    "instant",
-    "xhtml",
-}
+_STRINGY = {t.lower() for t in STRING_TYPES}  # ofType() names, compared lower-case
 _INTEGERS = {"integer", "positiveint", "unsignedint", "integer64"}
 _JSON_TYPES_FOR = {
     "boolean": "('BOOLEAN')",

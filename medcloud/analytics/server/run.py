@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,16 +82,25 @@ def run(ctx: FhirContext, conn: Any, req: FhirRequest, target: Target) -> FhirRe
     else:
         source = readable_source(ctx, req, rtype, _patients(ctx, req, params, rtype), since)
 
-    tmp_dir = Path(tempfile.mkdtemp(prefix="medcloud-run-"))
-    try:
-        out = tmp_dir / f"result.{fmt}"
+    def write(out: Path) -> None:
         with DuckDBEngine() as engine:
             engine.write(view, source, out, fmt, limit=limit, header=header)  # type: ignore[arg-type]
+
+    return file_response(write, f"result.{fmt}", FORMATS[fmt])
+
+
+def file_response(write: Callable[[Path], None], name: str, media_type: str) -> FhirResponse:
+    """Write a result to a temporary file first (an error becomes an OperationOutcome, never half a
+    body), then stream it in chunks and delete it."""
+    tmp_dir = Path(tempfile.mkdtemp(prefix="medcloud-result-"))
+    try:
+        out = tmp_dir / name
+        write(out)
         size = out.stat().st_size
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
-    return FhirResponse(status=200, stream=stream_file(out, tmp_dir), media_type=FORMATS[fmt],
+    return FhirResponse(status=200, stream=_stream_file(out, tmp_dir), media_type=media_type,
                         headers={"Content-Length": str(size)})
 
 
@@ -113,7 +122,7 @@ def readable_source(ctx: FhirContext, req: FhirRequest, rtype: str, patients: tu
     return StoreSource(ctx.db, StoreQuery(rtype, patients, since), admit=lambda s: ctx.guard.can_read(principal, s))
 
 
-def stream_file(path: Path, tmp_dir: Path) -> Iterator[bytes]:
+def _stream_file(path: Path, tmp_dir: Path) -> Iterator[bytes]:
     try:
         with open(path, "rb") as fh:
             while chunk := fh.read(CHUNK):

@@ -16,9 +16,6 @@ parameters, 404 Library or ViewDefinition not found, 422 SQL error or a column t
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -51,22 +48,14 @@ def run(ctx: FhirContext, conn: Any, req: FhirRequest, target: Target) -> FhirRe
         query = sqlquery.parse_library(library, "queryResource" if "queryResource" in params else "Library")
         values = sqlquery.bind(query, _given(params))
         views = {d.label: _view(ctx, rconn, req, d.resource) for d in query.dependencies}
-    from medcloud.analytics.server.run import readable_source, stream_file
+    from medcloud.analytics.server.run import file_response, readable_source
 
     tables = {label: (view, readable_source(ctx, req, view.resource)) for label, view in views.items()}
     result = sqlquery.execute(query, tables, values)
     if fmt == "fhir":
         return FhirResponse(status=200, resource=sqlquery.to_parameters(result))
-    tmp_dir = Path(tempfile.mkdtemp(prefix="medcloud-sqlquery-"))
-    try:
-        out = tmp_dir / f"result.{fmt}"
-        sqlquery.write(result, out, fmt, header=header not in (False, "false"))
-        size = out.stat().st_size
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
-    return FhirResponse(status=200, stream=stream_file(out, tmp_dir), media_type=FORMATS[fmt],
-                        headers={"Content-Length": str(size)})
+    return file_response(lambda out: sqlquery.write(result, out, fmt, header=header not in (False, "false")),
+                         f"result.{fmt}", FORMATS[fmt])
 
 
 def _params(req: FhirRequest) -> dict[str, list[Any]]:
